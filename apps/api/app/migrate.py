@@ -1,0 +1,114 @@
+"""Apply the numbered SQL files in migrations/ in order, each once, each in its own transaction.
+
+Each file runs in a transaction that first takes a transaction-level advisory lock and then
+checks whether the file is already recorded, so two hosts deploying at once apply every file
+exactly once, and nothing outlives a transaction (PgBouncer transaction mode is fine).
+A recorded file whose content changed since is refused: write a new migration instead.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+from .models.database import execute_query, fetch_one, transaction
+
+logger = logging.getLogger(__name__)
+
+MIGRATIONS_DIR = Path(__file__).parent / "migrations"
+# Any fixed number; every deploy of this app contends for the same one.
+LOCK_ID = 7_261_942_017
+_NAME = re.compile(r"^(\d{4})_([a-z0-9_]+)\.sql$")
+
+
+class MigrationError(RuntimeError):
+    """A migration file is misnamed, or was edited after it was applied."""
+
+
+@dataclass(frozen=True)
+class Migration:
+    """One numbered SQL file."""
+
+    version: str
+    name: str
+    sql: str
+
+    @property
+    def checksum(self) -> str:
+        """Return the sha256 of the file's text."""
+        return hashlib.sha256(self.sql.encode()).hexdigest()
+
+
+def discover(directory: Path = MIGRATIONS_DIR) -> list[Migration]:
+    """Return the migrations in version order; raise MigrationError on a bad name or a duplicate version."""
+    migrations: dict[str, Migration] = {}
+    for path in sorted(directory.glob("*.sql")):
+        match = _NAME.match(path.name)
+        if match is None:
+            raise MigrationError(f"migration file {path.name} must be named NNNN_lowercase_words.sql")
+        version, name = match.groups()
+        if version in migrations:
+            raise MigrationError(f"migrations {migrations[version].name} and {name} share version {version}")
+        migrations[version] = Migration(version, name, path.read_text())
+    return [migrations[v] for v in sorted(migrations)]
+
+
+_CREATE_TABLE = """
+CREATE TABLE IF NOT EXISTS schema_migrations (
+    version text PRIMARY KEY,
+    name text NOT NULL,
+    checksum text NOT NULL,
+    applied_at timestamptz NOT NULL DEFAULT now()
+)"""
+
+
+def upgrade(directory: Path = MIGRATIONS_DIR) -> list[str]:
+    """Apply every migration not yet recorded; return the versions applied (empty: up to date).
+
+    Must run inside an app context. Raises MigrationError on an edited applied file, and the
+    database's own error (the transaction rolled back) when a file fails.
+    """
+    applied = []
+    for migration in discover(directory):
+        with transaction() as cur:
+            cur.execute("SELECT pg_advisory_xact_lock(%s)", (LOCK_ID,))
+            # Migrations may build indexes on big tables; no per-statement limit here.
+            cur.execute("SET LOCAL statement_timeout = 0")
+            cur.execute("SET LOCAL lock_timeout = 0")
+            cur.execute(_CREATE_TABLE)
+            cur.execute("SELECT checksum FROM schema_migrations WHERE version = %s", (migration.version,))
+            row = fetch_one(cur)
+            if row is not None:
+                if row["checksum"] != migration.checksum:
+                    raise MigrationError(
+                        f"migration {migration.version}_{migration.name} changed after it was applied; "
+                        "add a new migration instead of editing an applied one"
+                    )
+                continue
+            logger.info("applying migration %s_%s", migration.version, migration.name)
+            cur.execute(migration.sql)
+            cur.execute(
+                "INSERT INTO schema_migrations (version, name, checksum) VALUES (%s, %s, %s)",
+                (migration.version, migration.name, migration.checksum),
+            )
+        applied.append(migration.version)
+    return applied
+
+
+def status(directory: Path = MIGRATIONS_DIR) -> list[dict[str, object]]:
+    """Return each migration with whether and when it was applied."""
+    exists = execute_query("SELECT 1 FROM pg_tables WHERE tablename = 'schema_migrations'")
+    recorded = {}
+    if exists:
+        recorded = {r["version"]: r for r in execute_query("SELECT version, applied_at FROM schema_migrations")}
+    return [
+        {
+            "version": m.version,
+            "name": m.name,
+            "applied_at": recorded[m.version]["applied_at"] if m.version in recorded else None,
+        }
+        for m in discover(directory)
+    ]

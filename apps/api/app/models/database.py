@@ -1,0 +1,331 @@
+"""The database layer: this process's connection pool and the only ways to run SQL.
+
+Every query goes through `execute_query`, `execute_query_one`, `execute_write` or
+`transaction()`. Each borrows a connection from this process's pool and gives it back in
+a `finally` block; a connection whose state is unknown after an error is discarded.
+
+Transaction modes, chosen per helper:
+- reads (`execute_query`, `execute_query_one`) run in autocommit: a lone SELECT is its own
+  snapshot, so BEGIN and ROLLBACK would only add two round trips;
+- `execute_write` runs one statement in autocommit, which PostgreSQL makes atomic on its own;
+- `transaction()` wraps several statements in BEGIN ... COMMIT and rolls back on any error.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from typing import Any
+
+import psycopg2
+import psycopg2.errors
+from flask import Flask, current_app, has_request_context, request
+
+from ..config import Settings
+from .pool import (
+    ConnectionPool,
+    DatabaseUnavailable,
+    PoolClosed,
+    PooledConnection,
+    PoolTimeout,
+    TooManyRequests,
+)
+
+__all__ = [
+    "DatabaseUnavailable",
+    "PoolClosed",
+    "PoolTimeout",
+    "TooManyRequests",
+    "check_capacity",
+    "close_pool",
+    "execute_query",
+    "execute_query_one",
+    "execute_write",
+    "fetch_all",
+    "fetch_one",
+    "get_pool",
+    "init_app",
+    "open_pool",
+    "transaction",
+]
+
+logger = logging.getLogger(__name__)
+
+EXTENSION = "rentals_database"
+APPLICATION_NAME = "rentals-api"
+
+Params = Sequence[Any] | dict[str, Any] | None
+
+
+def _request_owner() -> str:
+    if has_request_context():
+        return f"{request.method} {request.path} (endpoint {request.endpoint})"
+    return f"thread {threading.current_thread().name}"
+
+
+class Database:
+    """Owns this process's pool for one app: made on first use after fork, closed on exit."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self._pool: ConnectionPool | None = None
+        self._lock = threading.Lock()
+        self.capacity: dict[str, Any] | None = None
+
+    def pool(self) -> ConnectionPool:
+        """Return this process's pool, creating and opening it on first use in this process."""
+        pool = self._pool
+        if pool is not None and not pool.closed:
+            return pool
+        with self._lock:
+            if self._pool is None or self._pool.closed:
+                # None: first use. Closed: inherited across a fork, or closed and used again.
+                self._pool = self._make_pool()
+                self._pool.open()
+            return self._pool
+
+    def _make_pool(self) -> ConnectionPool:
+        s = self.settings
+        options = (
+            f"-c statement_timeout={s.db_statement_timeout_ms} "
+            f"-c idle_in_transaction_session_timeout={s.db_idle_in_transaction_timeout_ms} "
+            f"-c lock_timeout={s.db_lock_timeout_ms}"
+        )
+        return ConnectionPool(
+            s.database_url,
+            min_size=s.db_pool_min_connections,
+            max_size=s.db_pool_max_connections,
+            timeout=s.db_pool_timeout,
+            max_waiting=s.db_pool_max_waiting,
+            max_lifetime=s.db_pool_max_lifetime,
+            idle_timeout=s.db_pool_idle_timeout,
+            ping_after=s.db_pool_ping_after,
+            leak_threshold=s.db_pool_leak_threshold,
+            retry_after=s.db_retry_after,
+            null=s.db_pool_mode == "null",
+            owner=_request_owner,
+            name=f"{APPLICATION_NAME}[{os.getpid()}]",
+            connect_timeout=s.db_connect_timeout,
+            application_name=APPLICATION_NAME,
+            options=options,
+        )
+
+    def stats(self) -> dict[str, Any]:
+        """Return this process's pool stats without opening a pool that does not exist yet."""
+        pool = self._pool
+        if pool is None or pool.closed:
+            s = self.settings
+            return {
+                "mode": s.db_pool_mode,
+                "min_connections": s.db_pool_min_connections,
+                "max_connections": s.db_pool_max_connections,
+                "in_use": 0,
+                "available": 0,
+                "total": 0,
+                "waiting": 0,
+                "max_waiting": s.db_pool_max_waiting,
+            }
+        return pool.stats()
+
+    def close(self) -> None:
+        """Close this process's pool if it has one; an inherited one is only forgotten."""
+        with self._lock:
+            pool, self._pool = self._pool, None
+        if pool is not None:
+            pool.close()
+
+
+def init_app(app: Flask, settings: Settings) -> None:
+    """Attach the database layer to the app; no connection is opened until first use."""
+    app.extensions[EXTENSION] = Database(settings)
+
+
+def _database(app: Flask | None = None) -> Database:
+    return (app or current_app).extensions[EXTENSION]
+
+
+def get_pool() -> ConnectionPool:
+    """Return the current app's pool for this process (created after fork, on first use)."""
+    return current_app.extensions[EXTENSION].pool()
+
+
+def open_pool(app: Flask) -> ConnectionPool:
+    """Create this process's pool now (gunicorn's post_fork) instead of on the first request."""
+    return _database(app).pool()
+
+
+def close_pool(app: Flask) -> None:
+    """Close this process's pool (gunicorn's worker_exit, tests)."""
+    _database(app).close()
+
+
+def pool_stats(app: Flask | None = None) -> dict[str, Any]:
+    """Return this process's pool stats."""
+    return _database(app).stats()
+
+
+def check_capacity(app: Flask) -> dict[str, Any]:
+    """Compare the connections all workers may open with the server's max_connections.
+
+    Logs a warning when they do not fit; returns the figures (also kept for /api/health/db).
+    Raises DatabaseUnavailable when the server cannot be reached.
+    """
+    database = _database(app)
+    s = database.settings
+    with app.app_context():
+        row = execute_query_one(
+            "SELECT current_setting('max_connections')::int AS max_connections,"
+            " current_setting('superuser_reserved_connections')::int"
+            " + coalesce(current_setting('reserved_connections', true)::int, 0) AS reserved_connections"
+        )
+    usable = row["max_connections"] - row["reserved_connections"]
+    needed = s.max_server_connections_needed
+    capacity = {
+        "server_max_connections": row["max_connections"],
+        "server_reserved_connections": row["reserved_connections"],
+        "server_usable_connections": usable,
+        "configured_max_connections": needed,
+        "fits": needed <= usable,
+    }
+    database.capacity = capacity
+    if needed > usable:
+        logger.warning(
+            "configured connections do not fit the server: %s hosts x %s workers x %s (DB_POOL_MAX_CONNECTIONS) = %s,"
+            " but the server allows %s (max_connections %s less %s reserved); lower WEB_CONCURRENCY or"
+            " DB_POOL_MAX_CONNECTIONS, or put PgBouncer in front",
+            s.api_hosts,
+            s.web_concurrency,
+            s.db_pool_max_connections,
+            needed,
+            usable,
+            row["max_connections"],
+            row["reserved_connections"],
+        )
+    return capacity
+
+
+def capacity_info(app: Flask | None = None) -> dict[str, Any] | None:
+    """Return the last capacity figures measured by check_capacity, or None."""
+    return _database(app).capacity
+
+
+# -- helpers ------------------------------------------------------------------------
+
+
+def _connection_lost(conn: PooledConnection, exc: BaseException) -> bool:
+    # Server errors carry an SQLSTATE; errors from libpq itself (the socket died, the
+    # server went away) do not, and leave the connection's state unknown.
+    if conn.closed:
+        return True
+    return isinstance(exc, (psycopg2.OperationalError, psycopg2.InterfaceError)) and exc.pgcode is None
+
+
+def fetch_all(cur: psycopg2.extensions.cursor) -> list[dict[str, Any]]:
+    """Return the cursor's remaining rows as dicts keyed by column name."""
+    if cur.description is None:
+        return []
+    columns = [column.name for column in cur.description]
+    return [dict(zip(columns, row, strict=False)) for row in cur.fetchall()]
+
+
+def fetch_one(cur: psycopg2.extensions.cursor) -> dict[str, Any] | None:
+    """Return the cursor's next row as a dict, or None."""
+    if cur.description is None:
+        return None
+    row = cur.fetchone()
+    if row is None:
+        return None
+    return dict(zip([column.name for column in cur.description], row, strict=False))
+
+
+def _read(sql: str, params: Params, one: bool, timeout: float | None) -> Any:
+    pool = get_pool()
+    for attempt in (1, 2):
+        conn = pool.getconn(timeout)
+        lost = False
+        try:
+            with conn.cursor() as cur:
+                cur.execute(sql, params)
+                return fetch_one(cur) if one else fetch_all(cur)
+        except (psycopg2.OperationalError, psycopg2.InterfaceError) as exc:
+            lost = _connection_lost(conn, exc)
+            if not lost:
+                raise
+            if attempt == 2:
+                raise DatabaseUnavailable("the database connection was lost", pool.retry_after) from exc
+            # A read changes nothing, so it is safe to run again on another connection.
+            logger.warning("connection lost during a read, retrying once: %s", str(exc).strip())
+        finally:
+            pool.putconn(conn, discard=lost)
+    raise AssertionError("unreachable")
+
+
+def execute_query(sql: str, params: Params = None, *, timeout: float | None = None) -> list[dict[str, Any]]:
+    """Run one read in autocommit and return every row as a dict.
+
+    Waits up to `timeout` seconds (default DB_POOL_TIMEOUT) for a connection. Retried once
+    on another connection if the first one turns out dead. Raises DatabaseUnavailable
+    (busy pool, unreachable server) and psycopg2 errors from the query.
+    """
+    return _read(sql, params, False, timeout)
+
+
+def execute_query_one(sql: str, params: Params = None, *, timeout: float | None = None) -> dict[str, Any] | None:
+    """Run one read in autocommit and return its first row as a dict, or None (see execute_query)."""
+    return _read(sql, params, True, timeout)
+
+
+def execute_write(sql: str, params: Params = None) -> Any:
+    """Run one write in autocommit: PostgreSQL makes a single statement atomic on its own.
+
+    Returns the first row as a dict when the statement has RETURNING, else the row count.
+    Never retried: if the connection dies mid-statement, whether it committed is unknown,
+    and DatabaseUnavailable is raised.
+    """
+    pool = get_pool()
+    conn = pool.getconn()
+    lost = False
+    try:
+        with conn.cursor() as cur:
+            cur.execute(sql, params)
+            return fetch_one(cur) if cur.description is not None else cur.rowcount
+    except (psycopg2.OperationalError, psycopg2.InterfaceError) as exc:
+        lost = _connection_lost(conn, exc)
+        if lost:
+            raise DatabaseUnavailable("the database connection was lost", pool.retry_after) from exc
+        raise
+    finally:
+        pool.putconn(conn, discard=lost)
+
+
+@contextmanager
+def transaction() -> Iterator[psycopg2.extensions.cursor]:
+    """Yield a cursor inside BEGIN ... COMMIT; roll back and re-raise on any error.
+
+    Use fetch_all / fetch_one on the cursor for dict rows. A lost connection raises
+    DatabaseUnavailable; the work is then rolled back by the server (or, if COMMIT was
+    already sent, its outcome is unknown).
+    """
+    pool = get_pool()
+    conn = pool.getconn()
+    lost = False
+    try:
+        conn.autocommit = False
+        with conn.cursor() as cur:
+            yield cur
+        conn.commit()
+    except BaseException as exc:
+        lost = _connection_lost(conn, exc)
+        if not lost:
+            try:
+                conn.rollback()
+            except psycopg2.Error:
+                lost = True
+        if lost and isinstance(exc, (psycopg2.OperationalError, psycopg2.InterfaceError)):
+            raise DatabaseUnavailable("the database connection was lost", pool.retry_after) from exc
+        raise
+    finally:
+        pool.putconn(conn, discard=lost)

@@ -1,0 +1,593 @@
+"""A connection pool built on psycopg2's ThreadedConnectionPool, made to behave like the best pools.
+
+psycopg2's pool keeps the connections and their keys; this class adds what it lacks:
+a blocking acquire with a bounded wait queue, health checks, a lifetime, idle shrinking,
+leak detection, stats, fail-fast reconnects and fork safety. It knows nothing of Flask.
+
+What psycopg2's pool does, and why we wrap it the way we do:
+- `getconn()` pops the most recently returned idle connection or, when none is idle,
+  connects while holding its lock; with `maxconn` connections out it raises
+  `PoolError("connection pool exhausted")` at once. We never let it get that far: a
+  caller first takes one of our `max_size` slots, waiting on our condition if needed.
+- `putconn()` keeps a returned connection only while fewer than `minconn` are idle and
+  closes it otherwise, so min=2/max=10 under load reconnects on almost every request.
+  We create it with `minconn=0` (no I/O at construction) and then raise `minconn` to
+  `max_size`, so it keeps every connection and shrinking is ours, after idle_timeout.
+  In null mode `minconn` stays 0 and every returned connection is closed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import random
+import threading
+import time
+import weakref
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import psycopg2
+import psycopg2.extensions
+from psycopg2.pool import PoolError, ThreadedConnectionPool
+
+logger = logging.getLogger(__name__)
+
+_STATUS_IDLE = psycopg2.extensions.TRANSACTION_STATUS_IDLE
+_STATUS_UNKNOWN = psycopg2.extensions.TRANSACTION_STATUS_UNKNOWN
+
+# Stats keys: stable names shared by the health endpoint, the metrics and the docs.
+MODE = "mode"
+MIN_CONNECTIONS = "min_connections"
+MAX_CONNECTIONS = "max_connections"
+IN_USE = "in_use"
+AVAILABLE = "available"
+TOTAL = "total"
+WAITING = "waiting"
+MAX_WAITING = "max_waiting"
+PEAK_IN_USE = "peak_in_use"
+ACQUISITIONS = "acquisitions"
+WAITS = "waits"
+WAIT_TIME_MS = "wait_time_ms"
+MAX_WAIT_MS = "max_wait_ms"
+TIMEOUTS = "timeouts"
+REJECTED = "rejected"
+CONNECTIONS_OPENED = "connections_opened"
+CONNECT_TIME_MS = "connect_time_ms"
+CONNECTION_ERRORS = "connection_errors"
+DISCARDED = "discarded"
+RECYCLED = "recycled"
+SHRUNK = "shrunk"
+PINGS = "pings"
+PING_FAILURES = "ping_failures"
+LEAKS_DETECTED = "leaks_detected"
+
+COUNTERS = (
+    ACQUISITIONS,
+    WAITS,
+    WAIT_TIME_MS,
+    MAX_WAIT_MS,
+    TIMEOUTS,
+    REJECTED,
+    CONNECTIONS_OPENED,
+    CONNECT_TIME_MS,
+    CONNECTION_ERRORS,
+    DISCARDED,
+    RECYCLED,
+    SHRUNK,
+    PINGS,
+    PING_FAILURES,
+    LEAKS_DETECTED,
+    PEAK_IN_USE,
+)
+
+# Fraction of max_lifetime taken off at random per connection, so that connections
+# opened together (at startup, after a restart) are not all recycled at once.
+LIFETIME_JITTER = 0.1
+# Fail-fast window after a failed connect grows from the first to the last value.
+RECONNECT_BACKOFF = (0.1, 1.0)
+
+
+class DatabaseUnavailable(Exception):
+    """The database cannot serve this request now; the client should retry later."""
+
+    def __init__(self, message: str, retry_after: int = 2) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+class PoolTimeout(DatabaseUnavailable):
+    """No connection became free within the pool timeout."""
+
+
+class TooManyRequests(DatabaseUnavailable):
+    """Too many requests already wait for a connection; this one is turned away at once."""
+
+
+class PoolClosed(DatabaseUnavailable):
+    """The pool is closed: the process is shutting down."""
+
+
+class PooledConnection(psycopg2.extensions.connection):
+    """A psycopg2 connection carrying the pool's bookkeeping; autocommit from the start."""
+
+    def __init__(self, *args: object, **kwargs: object) -> None:
+        super().__init__(*args, **kwargs)
+        now = time.monotonic()
+        self.pool_created_at = now
+        self.pool_last_used = now
+        self.pool_expires_at: float | None = None  # set when the pool adopts it
+        self.pool_epoch = 0
+        # Reads run one statement each; a transaction is asked for explicitly.
+        self.autocommit = True
+
+
+@dataclass
+class _Checkout:
+    acquired_at: float
+    owner: str
+    thread: str
+    leak_reported: bool = False
+
+
+_live_pools: weakref.WeakSet[ConnectionPool] = weakref.WeakSet()
+
+
+def _forget_pools_after_fork() -> None:
+    # A forked child shares the parent's sockets. Closing or garbage-collecting those
+    # connections here would send the server a Terminate on the parent's sessions, so
+    # point each descriptor at /dev/null first; the parent's copies stay untouched.
+    for pool in list(_live_pools):
+        pool._abandon_after_fork()
+
+
+os.register_at_fork(after_in_child=_forget_pools_after_fork)
+
+
+def _thread_name() -> str:
+    return threading.current_thread().name
+
+
+class ConnectionPool:
+    """A fixed-capacity pool of psycopg2 connections for one process.
+
+    `getconn()` blocks up to `timeout` seconds for a free connection; `putconn()` must
+    give each one back. At most `max_size` connections are open or being opened at any
+    time; at most `max_waiting` callers wait (0: none wait, a full pool fails at once).
+    """
+
+    def __init__(
+        self,
+        dsn: str,
+        *,
+        min_size: int = 2,
+        max_size: int = 10,
+        timeout: float = 5.0,
+        max_waiting: int = 64,
+        max_lifetime: float = 3600.0,
+        idle_timeout: float = 300.0,
+        ping_after: float = 30.0,
+        leak_threshold: float = 30.0,
+        retry_after: int = 2,
+        null: bool = False,
+        owner: Callable[[], str] = _thread_name,
+        name: str = "pool",
+        **connect_kwargs: object,
+    ) -> None:
+        if max_size < 1:
+            raise ValueError("max_size must be at least 1")
+        if not 0 <= min_size <= max_size:
+            raise ValueError("min_size must be between 0 and max_size")
+        if timeout <= 0:
+            raise ValueError("timeout must be greater than 0")
+        if max_waiting < 0:
+            raise ValueError("max_waiting must be 0 or more")
+        self.name = name
+        self.min_size = 0 if null else min_size
+        self.max_size = max_size
+        self.timeout = timeout
+        self.max_waiting = max_waiting
+        self.max_lifetime = max_lifetime
+        self.idle_timeout = idle_timeout
+        self.ping_after = ping_after
+        self.leak_threshold = leak_threshold
+        self.retry_after = retry_after
+        self.null = null
+        self._owner = owner
+
+        self._core = ThreadedConnectionPool(0, max_size, dsn, connection_factory=PooledConnection, **connect_kwargs)
+        self._core.minconn = 0 if null else max_size
+
+        self._cond = threading.Condition(threading.Lock())
+        self._slots = 0  # connections handed out or being opened
+        self._waiting = 0
+        self._all: set[PooledConnection] = set()  # open connections, idle or out
+        self._out: dict[int, _Checkout] = {}
+        self._epoch = 0  # raised when a connection dies; older idle ones get pinged
+        self._reconnect_at = 0.0
+        self._connect_failures = 0
+        self._idle_low_water = 0  # fewest idle connections seen since the last shrink
+        self._last_shrink = time.monotonic()
+        self._counters = dict.fromkeys(COUNTERS, 0)
+        self._closed = False
+        self._forked = False
+        self._stop = threading.Event()
+        self._maintainer: threading.Thread | None = None
+        self.pid = os.getpid()
+        self.started_at = time.time()
+        _live_pools.add(self)
+
+    # -- life ---------------------------------------------------------------------
+
+    def open(self) -> None:
+        """Open min_size connections and start the maintenance thread.
+
+        A database that is down now is logged, not raised: the pool fills itself once
+        the server answers, so a worker never needs a restart.
+        """
+        self._fill_to_min()
+        if self._maintainer is None:
+            self._maintainer = threading.Thread(target=self._maintain, name=f"{self.name}-maintenance", daemon=True)
+            self._maintainer.start()
+        logger.info(
+            "pool %s opened in pid %s: min %s, max %s, %s open",
+            self.name,
+            self.pid,
+            self.min_size,
+            self.max_size,
+            len(self._all),
+        )
+
+    def close(self) -> None:
+        """Close every connection; waiters and later callers get PoolClosed."""
+        with self._cond:
+            if self._closed:
+                return
+            self._closed = True
+            self._cond.notify_all()
+        self._stop.set()
+        if self._forked:
+            return
+        self._core.closeall()
+        with self._cond:
+            self._all.clear()
+        logger.info("pool %s closed in pid %s", self.name, self.pid)
+
+    @property
+    def closed(self) -> bool:
+        """Return True once close() was called or the pool was inherited across a fork."""
+        return self._closed or self._forked
+
+    def _abandon_after_fork(self) -> None:
+        self._forked = True
+        self._stop.set()
+        devnull = os.open(os.devnull, os.O_RDWR)
+        try:
+            for conn in list(self._all):
+                if not conn.closed:
+                    with contextlib.suppress(OSError, psycopg2.Error):
+                        os.dup2(devnull, conn.fileno())
+        finally:
+            os.close(devnull)
+
+    # -- borrowing ----------------------------------------------------------------
+
+    def getconn(self, timeout: float | None = None) -> PooledConnection:
+        """Borrow a healthy connection; give it back with putconn().
+
+        Blocks up to `timeout` seconds (default: the pool's) while all connections are
+        out. Raises TooManyRequests at once when max_waiting callers already wait,
+        PoolTimeout when none frees up in time, DatabaseUnavailable when no connection
+        can be opened, PoolClosed after close().
+        """
+        self._take_slot(self.timeout if timeout is None else timeout)
+        try:
+            return self._getconn_checked()
+        except BaseException:
+            self._give_back_slot()
+            raise
+
+    def _take_slot(self, timeout: float) -> None:
+        with self._cond:
+            if self._closed or self._forked:
+                raise PoolClosed("the connection pool is closed", self.retry_after)
+            if self._slots >= self.max_size:
+                self._wait_for_slot(timeout)
+            self._slots += 1
+            self._counters[ACQUISITIONS] += 1
+            if self._slots > self._counters[PEAK_IN_USE]:
+                self._counters[PEAK_IN_USE] = self._slots
+            idle_after = len(self._all) - len(self._out) - 1
+            if idle_after < self._idle_low_water:
+                self._idle_low_water = max(idle_after, 0)
+
+    def _wait_for_slot(self, timeout: float) -> None:
+        # Called with the condition held and every slot taken.
+        if self._waiting >= self.max_waiting:
+            self._counters[REJECTED] += 1
+            raise TooManyRequests(
+                f"all {self.max_size} database connections are busy and {self._waiting} requests already wait",
+                self.retry_after,
+            )
+        started = time.monotonic()
+        deadline = started + timeout
+        self._waiting += 1
+        got_slot = False
+        try:
+            while self._slots >= self.max_size:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    self._counters[TIMEOUTS] += 1
+                    raise PoolTimeout(
+                        f"no database connection became free within {timeout:g} s (all {self.max_size} busy)",
+                        self.retry_after,
+                    )
+                self._cond.wait(remaining)
+                if self._closed:
+                    raise PoolClosed("the connection pool is closed", self.retry_after)
+            got_slot = True
+        finally:
+            self._waiting -= 1
+            if not got_slot and self._slots < self.max_size:
+                # A notify can land on a waiter whose timeout fired at the same moment;
+                # pass it on so the slot does not sit free while others wait.
+                self._cond.notify()
+            waited_ms = (time.monotonic() - started) * 1000
+            self._counters[WAITS] += 1
+            self._counters[WAIT_TIME_MS] += waited_ms
+            if waited_ms > self._counters[MAX_WAIT_MS]:
+                self._counters[MAX_WAIT_MS] = waited_ms
+
+    def _give_back_slot(self) -> None:
+        with self._cond:
+            self._slots -= 1
+            self._cond.notify()
+
+    def _getconn_checked(self) -> PooledConnection:
+        # Holding a slot. Each failed ping discards one connection, so this ends.
+        for _ in range(self.max_size + 1):
+            conn = self._getconn_unchecked()
+            if conn.pool_expires_at is None:
+                self._adopt(conn)
+            elif self._needs_ping(conn) and not self._ping(conn):
+                self._drop(conn, DISCARDED)
+                continue
+            self._register(conn)
+            return conn
+        raise DatabaseUnavailable("no healthy database connection could be found", self.retry_after)
+
+    def _getconn_unchecked(self) -> PooledConnection:
+        with self._cond:
+            must_not_connect = time.monotonic() < self._reconnect_at and len(self._all) <= len(self._out)
+        if must_not_connect:
+            raise DatabaseUnavailable("the database is unreachable; retrying shortly", self.retry_after)
+        started = time.monotonic()
+        try:
+            conn = self._core.getconn()
+        except PoolError:
+            raise PoolClosed("the connection pool is closed", self.retry_after) from None
+        except psycopg2.OperationalError as exc:
+            self._note_connect_failure(exc)
+            raise DatabaseUnavailable("the database is unreachable", self.retry_after) from exc
+        if conn.pool_expires_at is None:
+            self._counters[CONNECT_TIME_MS] += (time.monotonic() - started) * 1000
+        return conn
+
+    def _note_connect_failure(self, exc: Exception) -> None:
+        with self._cond:
+            self._counters[CONNECTION_ERRORS] += 1
+            self._connect_failures += 1
+            first, last = RECONNECT_BACKOFF
+            backoff = min(last, first * 2 ** (self._connect_failures - 1))
+            self._reconnect_at = time.monotonic() + backoff
+        logger.warning(
+            "pool %s cannot connect (attempt %s, next in %.1f s): %s",
+            self.name,
+            self._connect_failures,
+            backoff,
+            str(exc).strip(),
+        )
+
+    def _adopt(self, conn: PooledConnection) -> None:
+        jitter = 1 - random.random() * LIFETIME_JITTER  # noqa: S311 (spread, not secrecy)
+        conn.pool_expires_at = conn.pool_created_at + self.max_lifetime * jitter
+        with self._cond:
+            conn.pool_epoch = self._epoch
+            self._all.add(conn)
+            self._counters[CONNECTIONS_OPENED] += 1
+            if self._connect_failures:
+                logger.info("pool %s reconnected after %s failed attempts", self.name, self._connect_failures)
+            self._connect_failures = 0
+            self._reconnect_at = 0.0
+
+    def _needs_ping(self, conn: PooledConnection) -> bool:
+        return conn.pool_epoch < self._epoch or time.monotonic() - conn.pool_last_used >= self.ping_after
+
+    def _ping(self, conn: PooledConnection) -> bool:
+        self._counters[PINGS] += 1
+        try:
+            with conn.cursor() as cur:
+                cur.execute("SELECT 1")
+        except psycopg2.Error as exc:
+            self._counters[PING_FAILURES] += 1
+            logger.warning("pool %s discarded a connection that failed its ping: %s", self.name, str(exc).strip())
+            return False
+        conn.pool_epoch = self._epoch
+        return True
+
+    def _register(self, conn: PooledConnection) -> None:
+        checkout = _Checkout(time.monotonic(), self._owner(), threading.current_thread().name)
+        with self._cond:
+            self._out[id(conn)] = checkout
+
+    # -- giving back --------------------------------------------------------------
+
+    def putconn(self, conn: PooledConnection, *, discard: bool = False) -> None:
+        """Give a borrowed connection back; never raises for a broken one.
+
+        A connection left in a transaction is rolled back. It is closed instead of kept
+        when `discard` is set (its state is unknown), when it is broken, past its
+        lifetime, or in null mode.
+        """
+        reason = self._return_reason(conn, discard)
+        if reason == DISCARDED:
+            with self._cond:
+                self._epoch += 1
+            logger.warning("pool %s discarded a broken connection", self.name)
+        try:
+            self._core.putconn(conn, close=reason is not None)
+        except PoolError:  # closed meanwhile, or never ours
+            conn.close()
+        with self._cond:
+            checkout = self._out.pop(id(conn), None)
+            if reason is not None:
+                self._all.discard(conn)
+                if reason in (DISCARDED, RECYCLED):
+                    self._counters[reason] += 1
+            self._slots -= 1
+            self._cond.notify()
+        if checkout is not None and checkout.leak_reported:
+            logger.warning(
+                "pool %s: connection held by %s came back after %.1f s",
+                self.name,
+                checkout.owner,
+                time.monotonic() - checkout.acquired_at,
+            )
+
+    def _return_reason(self, conn: PooledConnection, discard: bool) -> str | None:
+        if discard or conn.closed or conn.info.transaction_status == _STATUS_UNKNOWN:
+            return DISCARDED
+        try:
+            if conn.info.transaction_status != _STATUS_IDLE:
+                conn.rollback()
+            if not conn.autocommit:
+                conn.autocommit = True
+        except psycopg2.Error:
+            return DISCARDED
+        now = time.monotonic()
+        if self.null:
+            return "null"
+        if now >= conn.pool_expires_at:
+            return RECYCLED
+        conn.pool_last_used = now
+        return None
+
+    def _drop(self, conn: PooledConnection, reason: str) -> None:
+        # Close a connection we hold a slot for, keeping the slot.
+        try:
+            self._core.putconn(conn, close=True)
+        except PoolError:
+            conn.close()
+        with self._cond:
+            self._out.pop(id(conn), None)
+            self._all.discard(conn)
+            self._counters[reason] += 1
+
+    # -- maintenance --------------------------------------------------------------
+
+    def _maintain(self) -> None:
+        tick = max(0.05, min(1.0, self.leak_threshold / 4, self.idle_timeout / 4))
+        while not self._stop.wait(tick):
+            try:
+                self._report_leaks()
+                self._shrink()
+                self._fill_to_min()
+            except Exception:  # the thread must outlive any one bad round
+                logger.exception("pool %s maintenance failed", self.name)
+
+    def _report_leaks(self) -> None:
+        now = time.monotonic()
+        with self._cond:
+            leaks = [
+                c for c in self._out.values() if not c.leak_reported and now - c.acquired_at >= self.leak_threshold
+            ]
+            for checkout in leaks:
+                checkout.leak_reported = True
+                self._counters[LEAKS_DETECTED] += 1
+        for checkout in leaks:
+            logger.warning(
+                "pool %s: possible connection leak: held %.1f s by %s (thread %s)",
+                self.name,
+                now - checkout.acquired_at,
+                checkout.owner,
+                checkout.thread,
+            )
+
+    def _shrink(self) -> None:
+        # Close the idle connections that stayed unused for a whole idle_timeout.
+        now = time.monotonic()
+        with self._cond:
+            if now - self._last_shrink < self.idle_timeout:
+                return
+            self._last_shrink = now
+            idle = len(self._all) - len(self._out)
+            surplus = min(self._idle_low_water, idle, len(self._all) - self.min_size)
+            self._idle_low_water = idle - max(surplus, 0)
+        for _ in range(max(surplus, 0)):
+            if not self._close_one_idle():
+                break
+
+    def _close_one_idle(self) -> bool:
+        with self._cond:
+            if self._closed or self._slots >= self.max_size or len(self._all) <= len(self._out):
+                return False
+            self._slots += 1
+        try:
+            conn = self._core.getconn()
+        except (PoolError, psycopg2.Error):
+            self._give_back_slot()
+            return False
+        try:
+            self._core.putconn(conn, close=True)
+        except PoolError:
+            conn.close()
+        with self._cond:
+            self._all.discard(conn)
+            self._counters[SHRUNK] += 1
+            self._slots -= 1
+            self._cond.notify()
+        return True
+
+    def _fill_to_min(self) -> None:
+        while True:
+            with self._cond:
+                if (
+                    self._closed
+                    or self._forked
+                    or len(self._all) >= self.min_size
+                    or self._slots >= self.max_size
+                    or time.monotonic() < self._reconnect_at
+                ):
+                    return
+                self._slots += 1
+            try:
+                conn = self._getconn_unchecked()
+            except DatabaseUnavailable:
+                self._give_back_slot()
+                return
+            if conn.pool_expires_at is None:
+                self._adopt(conn)
+            self.putconn(conn)
+
+    # -- stats --------------------------------------------------------------------
+
+    def stats(self) -> dict[str, object]:
+        """Return a snapshot of sizes and counters under stable snake_case keys."""
+        with self._cond:
+            in_use = self._slots
+            available = max(0, len(self._all) - len(self._out))
+            snapshot: dict[str, object] = {
+                MODE: "null" if self.null else "pool",
+                MIN_CONNECTIONS: self.min_size,
+                MAX_CONNECTIONS: self.max_size,
+                IN_USE: in_use,
+                AVAILABLE: available,
+                TOTAL: in_use + available,
+                WAITING: self._waiting,
+                MAX_WAITING: self.max_waiting,
+            }
+            snapshot.update(self._counters)
+        for key in (WAIT_TIME_MS, MAX_WAIT_MS, CONNECT_TIME_MS):
+            snapshot[key] = round(snapshot[key], 3)
+        return snapshot

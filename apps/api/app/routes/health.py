@@ -1,0 +1,173 @@
+"""Health endpoints: is the process up, how is the pool, does a real query work."""
+
+from __future__ import annotations
+
+import os
+import time
+from typing import Any
+
+import psycopg2
+from flask import Blueprint, current_app, jsonify
+
+from ..auth import require_health_token
+from ..config import Settings
+from ..models.database import (
+    DatabaseUnavailable,
+    PoolTimeout,
+    TooManyRequests,
+    capacity_info,
+    execute_query_one,
+    pool_stats,
+)
+
+bp = Blueprint("health", __name__, url_prefix="/api/health")
+
+STARTED_AT = time.time()
+# /api/health/db must answer quickly even when the pool is saturated.
+PROBE_TIMEOUT = 1.0
+
+
+@bp.get("")
+def health():
+    """Say the process is up; touches no database."""
+    return {
+        "status": "ok",
+        "pid": os.getpid(),
+        "uptime_seconds": round(time.time() - STARTED_AT, 1),
+        "app_env": current_app.config["SETTINGS"].app_env,
+    }
+
+
+def _probe_database(settings: Settings) -> dict[str, Any]:
+    started = time.perf_counter()
+    try:
+        row = execute_query_one(
+            "SELECT current_setting('max_connections')::int AS server_max_connections,"
+            " (SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'client backend')::int"
+            " AS server_connections",
+            timeout=min(PROBE_TIMEOUT, settings.db_pool_timeout),
+        )
+    except (PoolTimeout, TooManyRequests) as exc:
+        return {"reachable": None, "busy": True, "error": str(exc)}
+    except DatabaseUnavailable as exc:
+        return {"reachable": False, "error": str(exc)}
+    except psycopg2.Error as exc:
+        return {"reachable": False, "error": exc.pgerror or type(exc).__name__}
+    return {"reachable": True, "latency_ms": round((time.perf_counter() - started) * 1000, 3), **row}
+
+
+def _warnings(settings: Settings, stats: dict[str, Any], database: dict[str, Any]) -> list[str]:
+    warnings = []
+    usage = stats["in_use"] / stats["max_connections"]
+    if usage >= settings.db_pool_warn_threshold:
+        warnings.append(
+            f"pool usage {usage:.0%} is at or above DB_POOL_WARN_THRESHOLD ({settings.db_pool_warn_threshold:.0%})"
+        )
+    if stats["waiting"]:
+        warnings.append(f"{stats['waiting']} requests are waiting for a database connection")
+    if database.get("busy"):
+        warnings.append("the health probe could not get a connection in time: the pool is saturated")
+    return warnings
+
+
+def _recommendations(settings: Settings, stats: dict[str, Any], database: dict[str, Any]) -> dict[str, Any]:
+    s = settings
+    server_max = database.get("server_max_connections") or (capacity_info() or {}).get("server_max_connections")
+    total_max = s.max_server_connections_needed
+    processes = s.api_hosts * s.web_concurrency
+    # Each thread holds at most one connection, so fewer than `threads` makes requests wait;
+    # more than the server's share per process cannot all be opened.
+    optimal = {"low": s.gunicorn_threads, "high": s.gunicorn_threads}
+    if server_max:
+        optimal["high"] = max(s.gunicorn_threads, (server_max - 3) // processes)
+    advice = []
+    if s.db_pool_mode == "null":
+        advice.append("DB_POOL_MODE=null opens a connection for every query; use pool unless PgBouncer pools for you")
+    if s.db_pool_max_connections < s.gunicorn_threads:
+        advice.append(
+            f"GUNICORN_THREADS ({s.gunicorn_threads}) is above DB_POOL_MAX_CONNECTIONS "
+            f"({s.db_pool_max_connections}): threads wait for connections; raise DB_POOL_MAX_CONNECTIONS "
+            f"to {s.gunicorn_threads}"
+        )
+    if server_max and total_max > server_max:
+        advice.append(
+            f"{s.api_hosts} hosts x {s.web_concurrency} workers x {s.db_pool_max_connections} connections "
+            f"= {total_max}, above the server's max_connections ({server_max}): lower WEB_CONCURRENCY or "
+            "DB_POOL_MAX_CONNECTIONS, or put PgBouncer in front"
+        )
+    timeouts = stats.get("timeouts", 0) + stats.get("rejected", 0)
+    if timeouts:
+        advice.append(
+            f"{timeouts} requests found no free connection since start: look for slow queries first, "
+            f"then raise DB_POOL_MAX_CONNECTIONS (up to {optimal['high']}) or add workers"
+        )
+    peak = stats.get("peak_in_use", 0)
+    if (
+        stats.get("acquisitions", 0) >= 1000
+        and not timeouts
+        and peak < stats["max_connections"] / 2
+        and stats["max_connections"] > s.gunicorn_threads
+    ):
+        advice.append(
+            f"peak use is {peak} of {stats['max_connections']} connections: DB_POOL_MAX_CONNECTIONS "
+            f"could be lowered to {max(peak, s.gunicorn_threads)} to spare server connections"
+        )
+    if stats.get("discarded"):
+        advice.append(f"{stats['discarded']} broken connections were discarded: check the server log and network")
+    if stats.get("leaks_detected"):
+        advice.append(
+            f"{stats['leaks_detected']} connections were held past DB_POOL_LEAK_THRESHOLD "
+            f"({s.db_pool_leak_threshold:g} s): the log names the endpoints"
+        )
+    return {
+        "current": {
+            "workers": s.web_concurrency,
+            "threads": s.gunicorn_threads,
+            "hosts": s.api_hosts,
+            "min_connections": s.db_pool_min_connections,
+            "max_connections": s.db_pool_max_connections,
+            "total_max_connections": total_max,
+            "server_max_connections": server_max,
+        },
+        "optimal_max_connections": optimal,
+        "advice": advice or ["no change needed"],
+    }
+
+
+@bp.get("/db")
+@require_health_token
+def database_health():
+    """Report this worker's pool, its status and what to change; 503 when the database is down."""
+    settings: Settings = current_app.config["SETTINGS"]
+    database = _probe_database(settings)
+    stats = pool_stats()
+    warnings = _warnings(settings, stats, database)
+    if database["reachable"] is False:
+        status = "error"
+    elif warnings:
+        status = "warning"
+    else:
+        status = "healthy"
+    body = {
+        "status": status,
+        "pid": os.getpid(),
+        "database": database,
+        "pool_stats": stats,
+        "warnings": warnings,
+        "recommendations": _recommendations(settings, stats, database),
+    }
+    response = jsonify(body)
+    if status == "error":
+        response.status_code = 503
+        response.headers["Retry-After"] = str(settings.db_retry_after)
+    return response
+
+
+@bp.get("/db/test")
+@require_health_token
+def database_test():
+    """Run a real query and report its latency; 503 when the database cannot answer."""
+    started = time.perf_counter()
+    row = execute_query_one("SELECT 1 AS test, now() AS current_time")
+    latency_ms = round((time.perf_counter() - started) * 1000, 3)
+    return {"status": "ok", "test_result": row, "latency_ms": latency_ms}

@@ -1,0 +1,1 @@
+"""Developer tooling: the embedded PostgreSQL used by make run, the tests and the benchmarks."""

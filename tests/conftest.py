@@ -1,0 +1,157 @@
+"""Fixtures: one embedded PostgreSQL per test session, a migrated template database, and a
+fresh database per test cloned from it by pytest-postgresql."""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import psycopg2
+import pytest
+from pytest_postgresql import factories
+
+from apps.api.app import create_app
+from apps.api.app.models import database
+from devtools.embedded_pg import EmbeddedPostgres
+
+HEALTH_TOKEN = "test-health-token"
+
+
+@dataclass
+class ServerInfo:
+    """What pytest-postgresql's noproc factory needs from the server it depends on."""
+
+    host: str
+    port: int
+    user: str
+    password: str
+    options: str = ""
+    maintenance_dbname: str = "postgres"
+    template_dbname: str | None = None
+
+
+def start_private_server(settings: dict[str, str] | None = None) -> tuple[EmbeddedPostgres, Path]:
+    """Start a throwaway PostgreSQL in a new folder; the caller stops it and removes the folder."""
+    folder = Path(tempfile.mkdtemp(prefix="rentals-test-pg-"))
+    server = EmbeddedPostgres(folder / "data", settings={"fsync": "off", **(settings or {})})
+    try:
+        server.start()
+    except BaseException:
+        server.remove()
+        shutil.rmtree(folder, ignore_errors=True)
+        raise
+    return server, folder
+
+
+@pytest.fixture(scope="session")
+def pg_server() -> Iterator[EmbeddedPostgres]:
+    """The session's PostgreSQL server: started once, stopped and deleted at the end."""
+    server, folder = start_private_server({"max_connections": "200"})
+    try:
+        yield server
+    finally:
+        server.remove()
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def pg_server_info(pg_server: EmbeddedPostgres) -> ServerInfo:
+    """Connection facts of the session server, in the shape pytest-postgresql reads."""
+    return ServerInfo(pg_server.host, pg_server.port, pg_server.user, pg_server.password)
+
+
+def load_migrations(host: str, port: int, user: str, dbname: str, password: str, **_: object) -> None:
+    """Apply the project's migrations to the template database, through the app itself."""
+    url = f"postgresql://{user}:{password}@{host}:{port}/{dbname}"
+    app = create_app(app_config(url))
+    try:
+        with app.app_context():
+            from apps.api.app import migrate
+
+            migrate.upgrade()
+    finally:
+        database.close_pool(app)
+
+
+postgresql_proc = factories.postgresql_noproc(
+    depends_on="pg_server_info", dbname="rentals_test", load=[load_migrations]
+)
+postgresql = factories.postgresql("postgresql_proc")
+
+
+def app_config(database_url: str, **overrides: object) -> dict[str, str]:
+    """Return settings for a test app on `database_url`; overrides by env var name."""
+    config = {
+        "APP_ENV": "test",
+        "DATABASE_URL": database_url,
+        "SECRET_KEY": "test-secret-key",
+        "HEALTH_API_TOKEN": HEALTH_TOKEN,
+        "DB_POOL_MIN_CONNECTIONS": "1",
+        "DB_POOL_MAX_CONNECTIONS": "5",
+        "DB_POOL_TIMEOUT": "2",
+        "LOG_LEVEL": "debug",
+    }
+    config.update({key: str(value) for key, value in overrides.items()})
+    return config
+
+
+@pytest.fixture
+def database_url(postgresql) -> str:
+    """URL of this test's own database, a fresh copy of the migrated template."""
+    info = postgresql.info
+    return f"postgresql://{info.user}:{info.password}@{info.host}:{info.port}/{info.dbname}"
+
+
+@pytest.fixture
+def make_app(database_url: str):
+    """Build apps on this test's database; every pool they open is closed after the test."""
+    apps = []
+
+    def make(**overrides: object):
+        app = create_app(app_config(database_url, **overrides))
+        app.config["TESTING"] = True
+        apps.append(app)
+        return app
+
+    yield make
+    for app in apps:
+        database.close_pool(app)
+
+
+@pytest.fixture
+def app(make_app):
+    """The app on this test's database, with the test settings."""
+    return make_app()
+
+
+@pytest.fixture
+def client(app):
+    """A test client of `app`."""
+    return app.test_client()
+
+
+@pytest.fixture
+def health_headers() -> dict[str, str]:
+    """Headers that pass the health endpoints' bearer check."""
+    return {"Authorization": f"Bearer {HEALTH_TOKEN}"}
+
+
+@pytest.fixture
+def admin_conn(database_url: str) -> Iterator[psycopg2.extensions.connection]:
+    """A superuser connection to this test's database, outside the app's pool, in autocommit."""
+    conn = psycopg2.connect(database_url)
+    conn.autocommit = True
+    try:
+        yield conn
+    finally:
+        conn.close()
+
+
+def app_backends(conn: psycopg2.extensions.connection) -> int:
+    """Return how many backends the app (application_name rentals-api) has open on the server."""
+    with conn.cursor() as cur:
+        cur.execute("SELECT count(*) FROM pg_stat_activity WHERE application_name = %s", (database.APPLICATION_NAME,))
+        return cur.fetchone()[0]
