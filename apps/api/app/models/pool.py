@@ -550,25 +550,32 @@ class ConnectionPool:
         return True
 
     def _fill_to_min(self) -> None:
-        while True:
-            with self._cond:
-                if (
-                    self._closed
-                    or self._forked
-                    or len(self._all) >= self.min_size
-                    or self._slots >= self.max_size
-                    or time.monotonic() < self._reconnect_at
-                ):
+        # Hold what we take until the end: psycopg2's getconn hands back an idle
+        # connection before it opens a new one.
+        held: list[PooledConnection] = []
+        try:
+            while True:
+                with self._cond:
+                    if (
+                        self._closed
+                        or self._forked
+                        or len(self._all) >= self.min_size
+                        or self._slots >= self.max_size
+                        or time.monotonic() < self._reconnect_at
+                    ):
+                        return
+                    self._slots += 1
+                try:
+                    conn = self._getconn_unchecked()
+                except DatabaseUnavailable:
+                    self._give_back_slot()
                     return
-                self._slots += 1
-            try:
-                conn = self._getconn_unchecked()
-            except DatabaseUnavailable:
-                self._give_back_slot()
-                return
-            if conn.pool_expires_at is None:
-                self._adopt(conn)
-            self.putconn(conn)
+                if conn.pool_expires_at is None:
+                    self._adopt(conn)
+                held.append(conn)
+        finally:
+            for conn in held:
+                self.putconn(conn)
 
     # -- stats --------------------------------------------------------------------
 
