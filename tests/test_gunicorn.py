@@ -1,0 +1,137 @@
+"""gunicorn smoke test: real workers, real HTTP, a clean stop that leaves no backend behind."""
+
+from __future__ import annotations
+
+import http.client
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+
+from devtools.embedded_pg import free_port
+from tests.conftest import HEALTH_TOKEN, app_backends, app_config
+
+ROOT = Path(__file__).resolve().parent.parent
+
+pytestmark = pytest.mark.slow
+
+
+def _get(port: int, path: str, token: str | None = HEALTH_TOKEN) -> tuple[int, dict]:
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    try:
+        conn.request("GET", path, headers={"Authorization": f"Bearer {token}"} if token else {})
+        response = conn.getresponse()
+        return response.status, json.loads(response.read())
+    finally:
+        conn.close()
+
+
+def _wait_until_up(process: subprocess.Popen, port: int, timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise AssertionError(f"gunicorn exited early with {process.returncode}")
+        try:
+            if _get(port, "/api/health", token=None)[0] == 200:
+                return
+        except OSError:
+            time.sleep(0.1)
+    raise AssertionError("gunicorn did not answer in time")
+
+
+def start_gunicorn(database_url: str, **overrides: object) -> tuple[subprocess.Popen, int]:
+    """Start gunicorn -c gunicorn.conf.py on a free port; the caller stops it."""
+    port = free_port()
+    settings = app_config(
+        database_url,
+        PORT=port,
+        WEB_CONCURRENCY=2,
+        GUNICORN_THREADS=4,
+        DB_POOL_MAX_CONNECTIONS=4,
+        LOG_LEVEL="info",
+        **overrides,
+    )
+    env = {**os.environ, **settings}
+    process = subprocess.Popen(
+        [sys.executable, "-m", "gunicorn", "-c", "gunicorn.conf.py", "apps.api.wsgi:app"],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        _wait_until_up(process, port)
+    except BaseException:
+        process.kill()
+        process.wait()
+        raise
+    return process, port
+
+
+def stop_gunicorn(process: subprocess.Popen) -> str:
+    """Stop gunicorn gracefully (SIGTERM), kill it if it hangs; return its output."""
+    if process.poll() is None:
+        process.send_signal(signal.SIGTERM)
+    try:
+        output, _ = process.communicate(timeout=40)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        output, _ = process.communicate()
+    return output
+
+
+def test_gunicorn_serves_from_two_workers_and_stops_cleanly(database_url, admin_conn):
+    process, port = start_gunicorn(database_url)
+    try:
+        with ThreadPoolExecutor(8) as pool:
+            results = list(pool.map(lambda _: _get(port, "/api/health/db/test"), range(80)))
+        assert {status for status, _ in results} == {200}
+        assert all(body["test_result"]["test"] == 1 for _, body in results)
+        status, body = _get(port, "/api/health/db")
+        assert status == 200
+        assert body["pool_stats"]["max_connections"] == 4
+        assert 1 <= app_backends(admin_conn) <= 2 * 4
+    finally:
+        output = stop_gunicorn(process)
+    assert process.returncode == 0, output
+    assert output.count("closed in pid") == 2, output
+    deadline = time.monotonic() + 5
+    while app_backends(admin_conn) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert app_backends(admin_conn) == 0
+
+
+def test_gunicorn_refuses_more_threads_than_pool_connections(database_url):
+    env = {**os.environ, **app_config(database_url, PORT=free_port(), GUNICORN_THREADS=8, DB_POOL_MAX_CONNECTIONS=4)}
+    result = subprocess.run(
+        [sys.executable, "-m", "gunicorn", "-c", "gunicorn.conf.py", "apps.api.wsgi:app"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert result.returncode != 0
+    assert "GUNICORN_THREADS (8) is above DB_POOL_MAX_CONNECTIONS (4)" in result.stdout + result.stderr
+
+
+def test_gunicorn_refuses_a_bad_setting_before_starting_workers(database_url):
+    env = {**os.environ, **app_config(database_url, PORT=free_port(), DB_POOL_TIMEOUT="0")}
+    result = subprocess.run(
+        [sys.executable, "-m", "gunicorn", "-c", "gunicorn.conf.py", "apps.api.wsgi:app"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert result.returncode != 0
+    assert "DB_POOL_TIMEOUT must be greater than 0" in result.stdout + result.stderr
+    assert "Booting worker" not in result.stdout + result.stderr
