@@ -16,6 +16,7 @@ from __future__ import annotations
 import logging
 import os
 import threading
+import weakref
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
@@ -60,6 +61,17 @@ APPLICATION_NAME = "rentals-api"
 Params = Sequence[Any] | dict[str, Any] | None
 
 
+_databases: weakref.WeakSet[Database] = weakref.WeakSet()
+
+
+def _reset_after_fork() -> None:
+    for database in list(_databases):
+        database._after_fork_in_child()
+
+
+os.register_at_fork(after_in_child=_reset_after_fork)
+
+
 def _request_owner() -> str:
     if has_request_context():
         return f"{request.method} {request.path} (endpoint {request.endpoint})"
@@ -74,6 +86,11 @@ class Database:
         self._pool: ConnectionPool | None = None
         self._lock = threading.Lock()
         self.capacity: dict[str, Any] | None = None
+        _databases.add(self)
+
+    def _after_fork_in_child(self) -> None:
+        # Another thread may have held the lock at the fork; in the child it never returns.
+        self._lock = threading.Lock()
 
     def pool(self) -> ConnectionPool:
         """Return this process's pool, creating and opening it on first use in this process."""

@@ -371,7 +371,9 @@ class ConnectionPool:
             self._note_connect_failure(exc)
             raise DatabaseUnavailable("the database is unreachable", self.retry_after) from exc
         if conn.pool_expires_at is None:
-            self._counters[CONNECT_TIME_MS] += (time.monotonic() - started) * 1000
+            elapsed_ms = (time.monotonic() - started) * 1000
+            with self._cond:
+                self._counters[CONNECT_TIME_MS] += elapsed_ms
         return conn
 
     def _note_connect_failure(self, exc: Exception) -> None:
@@ -405,15 +407,18 @@ class ConnectionPool:
         return conn.pool_epoch < self._epoch or time.monotonic() - conn.pool_last_used >= self.ping_after
 
     def _ping(self, conn: PooledConnection) -> bool:
-        self._counters[PINGS] += 1
         try:
             with conn.cursor() as cur:
                 cur.execute("SELECT 1")
         except psycopg2.Error as exc:
-            self._counters[PING_FAILURES] += 1
+            with self._cond:
+                self._counters[PINGS] += 1
+                self._counters[PING_FAILURES] += 1
             logger.warning("pool %s discarded a connection that failed its ping: %s", self.name, str(exc).strip())
             return False
-        conn.pool_epoch = self._epoch
+        with self._cond:
+            self._counters[PINGS] += 1
+            conn.pool_epoch = self._epoch
         return True
 
     def _register(self, conn: PooledConnection) -> None:
@@ -483,6 +488,8 @@ class ConnectionPool:
             self._out.pop(id(conn), None)
             self._all.discard(conn)
             self._counters[reason] += 1
+            if reason == DISCARDED:
+                self._epoch += 1
 
     # -- maintenance --------------------------------------------------------------
 
