@@ -57,6 +57,7 @@ class Settings:
     port: int
     bind_host: str
     log_level: str
+    log_format: str
     max_content_length: int
     token_ttl_seconds: int
 
@@ -105,6 +106,7 @@ _DEFAULTS: dict[str, str] = {
     "PORT": "8000",
     "BIND_HOST": "127.0.0.1",
     "LOG_LEVEL": "info",
+    "LOG_FORMAT": "",
     "MAX_CONTENT_LENGTH": str(1024 * 1024),
     "TOKEN_TTL_SECONDS": "3600",
 }
@@ -132,8 +134,12 @@ def _number(name: str, raw: str, *, positive: bool = True) -> float:
         value = float(raw.strip())
     except ValueError:
         raise ConfigError(f"{name} must be a number of seconds, got {raw!r}.") from None
-    if not math.isfinite(value) or (positive and value <= 0):
+    if not math.isfinite(value):
+        raise ConfigError(f"{name} must be a finite number, got {raw!r}.")
+    if positive and value <= 0:
         raise ConfigError(f"{name} must be greater than 0, got {raw!r}.")
+    if value < 0:
+        raise ConfigError(f"{name} must be 0 or more, got {raw!r}.")
     return value
 
 
@@ -189,6 +195,12 @@ def load_settings(overrides: Mapping[str, str] | None = None, environ: Mapping[s
         port=_integer("PORT", get("PORT"), minimum=1),
         bind_host=get("BIND_HOST").strip(),
         log_level=_choice("LOG_LEVEL", get("LOG_LEVEL"), ("debug", "info", "warning", "error", "critical")),
+        # JSON lines where machines read the logs, readable lines where people do.
+        log_format=_choice(
+            "LOG_FORMAT",
+            get("LOG_FORMAT") or ("json" if app_env in ("production", "preprod") else "text"),
+            ("json", "text"),
+        ),
         max_content_length=_integer("MAX_CONTENT_LENGTH", get("MAX_CONTENT_LENGTH"), minimum=1),
         token_ttl_seconds=_integer("TOKEN_TTL_SECONDS", get("TOKEN_TTL_SECONDS"), minimum=60),
     )

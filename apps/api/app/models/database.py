@@ -16,6 +16,7 @@ from __future__ import annotations
 import logging
 import os
 import threading
+import time
 import weakref
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -23,10 +24,12 @@ from typing import Any
 
 import psycopg2
 import psycopg2.errors
-from flask import Flask, current_app, has_request_context, request
+from flask import Flask, current_app, g, has_request_context, request
 
+from .. import metrics
 from ..config import Settings
 from .pool import (
+    COUNTERS,
     ConnectionPool,
     DatabaseUnavailable,
     PoolClosed,
@@ -86,6 +89,7 @@ class Database:
         self._pool: ConnectionPool | None = None
         self._lock = threading.Lock()
         self.capacity: dict[str, Any] | None = None
+        self._publish: metrics.PoolPublisher | None = None
         _databases.add(self)
 
     def _after_fork_in_child(self) -> None:
@@ -100,6 +104,7 @@ class Database:
         with self._lock:
             if self._pool is None or self._pool.closed:
                 # None: first use. Closed: inherited across a fork, or closed and used again.
+                self._publish = metrics.PoolPublisher()
                 self._pool = self._make_pool()
                 self._pool.open()
             return self._pool
@@ -124,6 +129,7 @@ class Database:
             retry_after=s.db_retry_after,
             null=s.db_pool_mode == "null",
             owner=_request_owner,
+            on_tick=self._publish,
             name=f"{APPLICATION_NAME}[{os.getpid()}]",
             connect_timeout=s.db_connect_timeout,
             application_name=APPLICATION_NAME,
@@ -131,21 +137,24 @@ class Database:
         )
 
     def stats(self) -> dict[str, Any]:
-        """Return this process's pool stats without opening a pool that does not exist yet."""
+        """Return this process's pool stats (published to the metrics too), without opening a pool."""
         pool = self._pool
-        if pool is None or pool.closed:
+        if pool is None or pool.closed or self._publish is None:
             s = self.settings
             return {
                 "mode": s.db_pool_mode,
-                "min_connections": s.db_pool_min_connections,
+                "min_connections": 0 if s.db_pool_mode == "null" else s.db_pool_min_connections,
                 "max_connections": s.db_pool_max_connections,
                 "in_use": 0,
                 "available": 0,
                 "total": 0,
                 "waiting": 0,
                 "max_waiting": s.db_pool_max_waiting,
+                **dict.fromkeys(COUNTERS, 0),
             }
-        return pool.stats()
+        stats = pool.stats()
+        self._publish(stats)
+        return stats
 
     def close(self) -> None:
         """Close this process's pool if it has one; an inherited one is only forgotten."""
@@ -258,15 +267,33 @@ def fetch_one(cur: psycopg2.extensions.cursor) -> dict[str, Any] | None:
     return dict(zip([column.name for column in cur.description], row, strict=False))
 
 
+_READ_SECONDS = metrics.QUERY_DURATION.labels("read")
+_WRITE_SECONDS = metrics.QUERY_DURATION.labels("write")
+_TRANSACTION_SECONDS = metrics.QUERY_DURATION.labels("transaction")
+
+
+def _borrow(pool: ConnectionPool, timeout: float | None = None) -> PooledConnection:
+    started = time.perf_counter()
+    conn = pool.getconn(timeout)
+    waited = time.perf_counter() - started
+    metrics.POOL_WAIT.observe(waited)
+    if has_request_context():
+        g.pool_wait_seconds = g.get("pool_wait_seconds", 0.0) + waited
+    return conn
+
+
 def _read(sql: str, params: Params, one: bool, timeout: float | None) -> Any:
     pool = get_pool()
     for attempt in (1, 2):
-        conn = pool.getconn(timeout)
+        conn = _borrow(pool, timeout)
         lost = False
         try:
+            started = time.perf_counter()
             with conn.cursor() as cur:
                 cur.execute(sql, params)
-                return fetch_one(cur) if one else fetch_all(cur)
+                rows = fetch_one(cur) if one else fetch_all(cur)
+            _READ_SECONDS.observe(time.perf_counter() - started)
+            return rows
         except (psycopg2.OperationalError, psycopg2.InterfaceError) as exc:
             lost = _connection_lost(conn, exc)
             if not lost:
@@ -303,12 +330,15 @@ def execute_write(sql: str, params: Params = None) -> Any:
     and DatabaseUnavailable is raised.
     """
     pool = get_pool()
-    conn = pool.getconn()
+    conn = _borrow(pool)
     lost = False
     try:
+        started = time.perf_counter()
         with conn.cursor() as cur:
             cur.execute(sql, params)
-            return fetch_one(cur) if cur.description is not None else cur.rowcount
+            result = fetch_one(cur) if cur.description is not None else cur.rowcount
+        _WRITE_SECONDS.observe(time.perf_counter() - started)
+        return result
     except (psycopg2.OperationalError, psycopg2.InterfaceError) as exc:
         lost = _connection_lost(conn, exc)
         if lost:
@@ -327,13 +357,20 @@ def transaction() -> Iterator[psycopg2.extensions.cursor]:
     already sent, its outcome is unknown).
     """
     pool = get_pool()
-    conn = pool.getconn()
+    conn = _borrow(pool)
     lost = False
     try:
+        started = time.perf_counter()
         conn.autocommit = False
         with conn.cursor() as cur:
             yield cur
+        if conn.info.transaction_status == psycopg2.extensions.TRANSACTION_STATUS_INERROR:
+            # COMMIT would answer with a silent ROLLBACK: the caller swallowed an error.
+            raise psycopg2.errors.InFailedSqlTransaction(
+                "the transaction failed inside the block (an error was caught there) and was rolled back"
+            )
         conn.commit()
+        _TRANSACTION_SECONDS.observe(time.perf_counter() - started)
     except BaseException as exc:
         lost = _connection_lost(conn, exc)
         if not lost:
