@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import shutil
 import tempfile
+import threading
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -155,3 +157,50 @@ def app_backends(conn: psycopg2.extensions.connection) -> int:
     with conn.cursor() as cur:
         cur.execute("SELECT count(*) FROM pg_stat_activity WHERE application_name = %s", (database.APPLICATION_NAME,))
         return cur.fetchone()[0]
+
+
+def own_backends(conn: psycopg2.extensions.connection) -> int:
+    """Return how many app backends are open on this test's database only (other tests' leftovers excluded)."""
+    with conn.cursor() as cur:
+        cur.execute(
+            "SELECT count(*) FROM pg_stat_activity WHERE application_name = %s AND datname = current_database()",
+            (database.APPLICATION_NAME,),
+        )
+        return cur.fetchone()[0]
+
+
+def wait_until(predicate, timeout: float = 5.0, interval: float = 0.02) -> bool:
+    """Poll `predicate` until it returns true or `timeout` seconds pass; return its last answer."""
+    deadline = time.monotonic() + timeout
+    while True:
+        if predicate():
+            return True
+        if time.monotonic() >= deadline:
+            return bool(predicate())
+        time.sleep(interval)
+
+
+def terminate_backend(conn: psycopg2.extensions.connection, pid: int) -> None:
+    """Kill one backend with pg_terminate_backend and wait (up to 5 s) until it is gone."""
+    with conn.cursor() as cur:
+        cur.execute("SELECT pg_terminate_backend(%s, 5000)", (pid,))
+        assert cur.fetchone()[0], f"backend {pid} did not exit"
+
+
+class AppThread(threading.Thread):
+    """Run `target` inside `app`'s app context in a thread; keep its result or its exception."""
+
+    def __init__(self, app, target, *args: object) -> None:
+        super().__init__(daemon=True)
+        self.app = app
+        self.target_fn = target
+        self.target_args = args
+        self.result: object = None
+        self.error: BaseException | None = None
+
+    def run(self) -> None:
+        with self.app.app_context():
+            try:
+                self.result = self.target_fn(*self.target_args)
+            except BaseException as exc:
+                self.error = exc
