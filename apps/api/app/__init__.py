@@ -2,24 +2,15 @@
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Mapping
 
 from flask import Flask
 
-from . import cli, errors
+from . import cli, errors, logs
 from .config import load_settings, settings_as_flask_config
 from .models import database
-from .routes import health
+from .routes import health, metrics
 from .serialization import APIJSONProvider
-
-
-def configure_logging(level: str) -> None:
-    """Send the app's logs to stderr at `level`, unless the host (gunicorn, pytest) already did."""
-    root = logging.getLogger()
-    if not root.handlers:
-        logging.basicConfig(format="%(asctime)s %(levelname)s [%(process)d] %(name)s: %(message)s")
-    logging.getLogger("apps").setLevel(level.upper())
 
 
 def create_app(config: Mapping[str, str] | None = None) -> Flask:
@@ -29,12 +20,14 @@ def create_app(config: Mapping[str, str] | None = None) -> Flask:
     process creates its pool after fork (gunicorn's post_fork) or on first use.
     """
     settings = load_settings(config)
-    configure_logging(settings.log_level)
+    logs.configure_logging(settings.log_format, settings.log_level)
     app = Flask(__name__, static_folder=None)
     app.json = APIJSONProvider(app)
     app.config.update(settings_as_flask_config(settings))
     database.init_app(app, settings)
     errors.register_error_handlers(app)
+    logs.init_app(app)
     app.register_blueprint(health.bp)
+    app.register_blueprint(metrics.bp)
     cli.register(app)
     return app

@@ -155,6 +155,8 @@ class ConnectionPool:
     `getconn()` blocks up to `timeout` seconds for a free connection; `putconn()` must
     give each one back. At most `max_size` connections are open or being opened at any
     time; at most `max_waiting` callers wait (0: none wait, a full pool fails at once).
+    A maintenance thread reports leaks, shrinks, refills to min_size and hands a stats
+    snapshot to `on_tick` (metrics) about once a second.
     """
 
     def __init__(
@@ -172,6 +174,7 @@ class ConnectionPool:
         retry_after: int = 2,
         null: bool = False,
         owner: Callable[[], str] = _thread_name,
+        on_tick: Callable[[dict[str, object]], None] | None = None,
         name: str = "pool",
         **connect_kwargs: object,
     ) -> None:
@@ -195,6 +198,7 @@ class ConnectionPool:
         self.retry_after = retry_after
         self.null = null
         self._owner = owner
+        self._on_tick = on_tick
 
         self._core = ThreadedConnectionPool(0, max_size, dsn, connection_factory=PooledConnection, **connect_kwargs)
         self._core.minconn = 0 if null else max_size
@@ -500,6 +504,8 @@ class ConnectionPool:
                 self._report_leaks()
                 self._shrink()
                 self._fill_to_min()
+                if self._on_tick is not None:
+                    self._on_tick(self.stats())
             except Exception:  # the thread must outlive any one bad round
                 logger.exception("pool %s maintenance failed", self.name)
 
