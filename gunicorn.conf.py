@@ -8,8 +8,20 @@ A bad setting stops gunicorn here, before any worker starts.
 """
 
 import logging
+import os
+import shutil
+import tempfile
+from pathlib import Path
 
-from apps.api.app.config import load_settings
+# Metrics: prometheus_client picks its multiprocess mode when first imported, so the
+# shared folder must be in the environment before anything below imports the app.
+_METRICS_VAR = "PROMETHEUS_MULTIPROC_DIR"
+_own_metrics_dir = not os.environ.get(_METRICS_VAR)
+if _own_metrics_dir:
+    os.environ[_METRICS_VAR] = tempfile.mkdtemp(prefix="rentals-metrics-")
+
+from apps.api.app.config import load_settings  # noqa: E402 (after the metrics folder is set)
+from apps.api.app.logs import logging_config  # noqa: E402
 
 _settings = load_settings()
 logger = logging.getLogger("gunicorn.error")
@@ -49,10 +61,14 @@ max_requests_jitter = 1000
 
 # Logging
 #
-#   accesslog / errorlog - "-" is stdout / stderr, where a process manager collects them.
+#   logconfig_dict - gunicorn's own lines and the app's in one format: LOG_FORMAT json (one
+#                    object per line, production) or text.
+#   accesslog - off: the app logs each request itself, with its request id, pool wait
+#               and user, which gunicorn's access line cannot know.
 #   loglevel - LOG_LEVEL: debug, info, warning, error, critical.
 
-accesslog = "-"
+logconfig_dict = logging_config(_settings.log_format, _settings.log_level)
+accesslog = None
 errorlog = "-"
 loglevel = _settings.log_level
 proc_name = "rentals-api"
@@ -67,20 +83,25 @@ control_socket_disable = True
 
 # Server hooks
 #
-#   on_starting - refuse a thread count the pool cannot serve.
+#   on_starting - refuse a thread count the pool cannot serve; empty the metrics folder
+#                 (values of an earlier run, or of this master's imports).
 #   post_fork - each worker creates its own pool after the fork (a pool is never shared
 #               across processes); the first worker also checks the connection budget.
 #   worker_exit - close the worker's pool, so no backend outlives it.
+#   child_exit - forget a dead worker's live gauges (runs in the master).
+#   on_exit - remove the metrics folder if this file made it.
 
 
 def on_starting(server):
-    """Refuse to start with more threads per worker than connections per pool."""
+    """Refuse to start with more threads per worker than connections per pool; reset metrics."""
     if server.cfg.threads > _settings.db_pool_max_connections:
         raise SystemExit(
             f"GUNICORN_THREADS ({server.cfg.threads}) is above DB_POOL_MAX_CONNECTIONS "
             f"({_settings.db_pool_max_connections}); extra threads would only wait for a connection. "
             "Lower GUNICORN_THREADS or raise DB_POOL_MAX_CONNECTIONS."
         )
+    for path in Path(os.environ[_METRICS_VAR]).glob("*.db"):
+        path.unlink()
 
 
 def post_fork(server, worker):
@@ -103,3 +124,16 @@ def worker_exit(server, worker):
     app = getattr(worker, "wsgi", None)
     if app is not None:
         database.close_pool(app)
+
+
+def child_exit(server, worker):
+    """Drop a dead worker's live pool gauges, so totals count only live workers."""
+    from prometheus_client import multiprocess
+
+    multiprocess.mark_process_dead(worker.pid)
+
+
+def on_exit(server):
+    """Remove the metrics folder this file created."""
+    if _own_metrics_dir:
+        shutil.rmtree(os.environ[_METRICS_VAR], ignore_errors=True)

@@ -8,6 +8,7 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -46,44 +47,48 @@ def _wait_until_up(process: subprocess.Popen, port: int, timeout: float = 30) ->
 
 
 def start_gunicorn(database_url: str, **overrides: object) -> tuple[subprocess.Popen, int]:
-    """Start gunicorn -c gunicorn.conf.py on a free port; the caller stops it."""
+    """Start gunicorn -c gunicorn.conf.py on a free port; the caller stops it with stop_gunicorn."""
     port = free_port()
-    settings = app_config(
-        database_url,
-        PORT=port,
-        WEB_CONCURRENCY=2,
-        GUNICORN_THREADS=4,
-        DB_POOL_MAX_CONNECTIONS=4,
-        LOG_LEVEL="info",
-        **overrides,
-    )
-    env = {**os.environ, **settings}
+    defaults = {
+        "PORT": port,
+        "WEB_CONCURRENCY": 2,
+        "GUNICORN_THREADS": 4,
+        "DB_POOL_MAX_CONNECTIONS": 4,
+        "LOG_LEVEL": "info",
+    }
+    env = {**os.environ, **app_config(database_url, **{**defaults, **overrides})}
+    # A file, not a pipe: nobody reads a pipe while the test runs, and a full one blocks the workers.
+    log = tempfile.TemporaryFile("w+")
     process = subprocess.Popen(
         [sys.executable, "-m", "gunicorn", "-c", "gunicorn.conf.py", "apps.api.wsgi:app"],
         cwd=ROOT,
         env=env,
-        stdout=subprocess.PIPE,
+        stdout=log,
         stderr=subprocess.STDOUT,
         text=True,
     )
+    process.log = log  # type: ignore[attr-defined]
     try:
         _wait_until_up(process, port)
     except BaseException:
-        process.kill()
-        process.wait()
+        stop_gunicorn(process)
         raise
     return process, port
 
 
 def stop_gunicorn(process: subprocess.Popen) -> str:
-    """Stop gunicorn gracefully (SIGTERM), kill it if it hangs; return its output."""
+    """Stop gunicorn gracefully (SIGTERM), kill it if it hangs; return what it printed."""
     if process.poll() is None:
         process.send_signal(signal.SIGTERM)
     try:
-        output, _ = process.communicate(timeout=40)
+        process.wait(timeout=40)
     except subprocess.TimeoutExpired:
         process.kill()
-        output, _ = process.communicate()
+        process.wait()
+    log = process.log  # type: ignore[attr-defined]
+    log.seek(0)
+    output = log.read()
+    log.close()
     return output
 
 

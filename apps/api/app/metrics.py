@@ -141,7 +141,9 @@ def worker_pool_figures() -> dict[int, dict[str, float]]:
         elif family.name == "rentals_db_pool_worker_waiting_requests":
             for sample in family.samples:
                 workers[int(sample.labels["pid"])]["waiting"] = sample.value
-    return dict(workers)
+    # A worker that has not published its pool yet (just booted) has only the zero that
+    # prometheus_client writes at import; it is left out rather than counted as empty.
+    return {pid: figures for pid, figures in workers.items() if "max_connections" in figures}
 
 
 def mark_worker_dead(pid: int) -> None:

@@ -6,9 +6,11 @@ import os
 import time
 from typing import Any
 
+import psutil
 import psycopg2
 from flask import Blueprint, current_app, jsonify
 
+from .. import metrics
 from ..auth import require_health_token
 from ..config import Settings
 from ..models.database import (
@@ -56,9 +58,25 @@ def _probe_database(settings: Settings) -> dict[str, Any]:
     return {"reachable": True, "latency_ms": round((time.perf_counter() - started) * 1000, 3), **row}
 
 
+_WORKER_FIELDS = ("in_use", "available", "total", "waiting", "max_connections")
+
+
+def _all_workers(stats: dict[str, Any]) -> dict[str, Any]:
+    # Other workers' figures are what they last published (at most about a second old);
+    # this worker's are live.
+    figures = metrics.worker_pool_figures()
+    figures[os.getpid()] = {key: stats[key] for key in _WORKER_FIELDS}
+    workers = [
+        {"pid": pid, **{key: int(f.get(key, 0)) for key in _WORKER_FIELDS}} for pid, f in sorted(figures.items())
+    ]
+    summed = {key: sum(w[key] for w in workers) for key in _WORKER_FIELDS}
+    return {"worker_count": len(workers), **summed, "workers": workers}
+
+
 def _warnings(settings: Settings, stats: dict[str, Any], database: dict[str, Any]) -> list[str]:
+    """Judge the status on `stats`: the sum over all workers of this host."""
     warnings = []
-    usage = stats["in_use"] / stats["max_connections"]
+    usage = stats["in_use"] / stats["max_connections"] if stats["max_connections"] else 0
     if usage >= settings.db_pool_warn_threshold:
         warnings.append(
             f"pool usage {usage:.0%} is at or above DB_POOL_WARN_THRESHOLD ({settings.db_pool_warn_threshold:.0%})"
@@ -137,11 +155,12 @@ def _recommendations(settings: Settings, stats: dict[str, Any], database: dict[s
 @bp.get("/db")
 @require_health_token
 def database_health():
-    """Report this worker's pool, its status and what to change; 503 when the database is down."""
+    """Report the pools (this worker's and all of this host's), status and advice; 503 when the database is down."""
     settings: Settings = current_app.config["SETTINGS"]
     database = _probe_database(settings)
     stats = pool_stats()
-    warnings = _warnings(settings, stats, database)
+    all_workers = _all_workers(stats)
+    warnings = _warnings(settings, all_workers, database)
     if database["reachable"] is False:
         status = "error"
     elif warnings:
@@ -153,6 +172,7 @@ def database_health():
         "pid": os.getpid(),
         "database": database,
         "pool_stats": stats,
+        "all_workers": all_workers,
         "warnings": warnings,
         "recommendations": _recommendations(settings, stats, database),
     }
@@ -171,3 +191,40 @@ def database_test():
     row = execute_query_one("SELECT 1 AS test, now() AS current_time")
     latency_ms = round((time.perf_counter() - started) * 1000, 3)
     return {"status": "ok", "test_result": row, "latency_ms": latency_ms}
+
+
+# The seeds' thresholds, in percent.
+SYSTEM_THRESHOLDS = {"cpu": 80.0, "memory": 85.0, "disk": 90.0}
+
+
+@bp.get("/system")
+@require_health_token
+def system_health():
+    """Report CPU, memory, disk, this process's uptime and open files; status warning past a threshold."""
+    process = psutil.Process()
+    usage = {
+        "cpu": psutil.cpu_percent(interval=0.1),
+        "memory": psutil.virtual_memory().percent,
+        "disk": psutil.disk_usage(str(current_app.root_path)).percent,
+    }
+    warnings = [
+        f"{name} usage {value:.1f}% is above {SYSTEM_THRESHOLDS[name]:.0f}%"
+        for name, value in usage.items()
+        if value > SYSTEM_THRESHOLDS[name]
+    ]
+    memory = psutil.virtual_memory()
+    return {
+        "status": "warning" if warnings else "healthy",
+        "pid": os.getpid(),
+        "cpu": {"percent": usage["cpu"], "count": psutil.cpu_count(), "load_average": list(psutil.getloadavg())},
+        "memory": {"percent": usage["memory"], "total_bytes": memory.total, "available_bytes": memory.available},
+        "disk": {"percent": usage["disk"], "path": str(current_app.root_path)},
+        "process": {
+            "uptime_seconds": round(time.time() - process.create_time(), 1),
+            "open_files": process.num_fds(),
+            "threads": process.num_threads(),
+            "rss_bytes": process.memory_info().rss,
+        },
+        "thresholds_percent": SYSTEM_THRESHOLDS,
+        "warnings": warnings,
+    }

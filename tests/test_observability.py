@@ -1,0 +1,162 @@
+"""Metrics, health across workers, request ids and JSON logs, under a real 2-worker gunicorn."""
+
+from __future__ import annotations
+
+import http.client
+import json
+import os
+import re
+import signal
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+
+from tests.conftest import HEALTH_TOKEN
+from tests.test_gunicorn import start_gunicorn, stop_gunicorn
+
+pytestmark = pytest.mark.slow
+
+AUTH = {"Authorization": f"Bearer {HEALTH_TOKEN}"}
+
+
+def request(port: int, path: str, headers: dict[str, str] | None = None) -> tuple[int, dict[str, str], bytes]:
+    """One request on a fresh connection (so the kernel spreads them over the workers)."""
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    try:
+        conn.request("GET", path, headers={"Connection": "close", **(headers or {})})
+        response = conn.getresponse()
+        return response.status, dict(response.getheaders()), response.read()
+    finally:
+        conn.close()
+
+
+def worker_pids(port: int, count: int = 200) -> set[int]:
+    """Send `count` health requests from 8 threads; return the pids that answered."""
+    with ThreadPoolExecutor(8) as pool:
+        replies = list(pool.map(lambda _: request(port, "/api/health"), range(count)))
+    assert all(status == 200 for status, _, _ in replies)
+    return {json.loads(body)["pid"] for _, _, body in replies}
+
+
+def metric_sum(text: str, name: str, **labels: str) -> float:
+    """Sum the samples of `name` whose labels include `labels`."""
+    total = 0.0
+    for line in text.splitlines():
+        match = re.match(rf"^{name}(?:{{(.*)}})? (\S+)$", line)
+        if not match:
+            continue
+        sample_labels = dict(re.findall(r'(\w+)="([^"]*)"', match.group(1) or ""))
+        if all(sample_labels.get(k) == v for k, v in labels.items()):
+            total += float(match.group(2))
+    return total
+
+
+def wait_for(predicate, timeout: float = 10.0, interval: float = 0.2):
+    """Return predicate()'s first truthy value within `timeout` seconds, else the last one."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value or time.monotonic() > deadline:
+            return value
+        time.sleep(interval)
+
+
+@pytest.fixture
+def server(database_url):
+    process, port = start_gunicorn(database_url, LOG_FORMAT="json", LOG_LEVEL="info")
+    output: dict[str, str] = {}
+    try:
+        yield process, port, output
+    finally:
+        output["text"] = stop_gunicorn(process)
+
+
+def test_metrics_count_requests_from_both_workers(server):
+    _, port, _ = server
+    assert request(port, "/metrics")[0] == 401
+    count = "rentals_http_request_duration_seconds_count"
+    before = metric_sum(request(port, "/metrics", AUTH)[2].decode(), count, endpoint="health.health")
+    pids = worker_pids(port, 200)
+    assert len(pids) == 2, "the kernel sent every request to one worker; cannot test the sum"
+    status, headers, body = request(port, "/metrics", AUTH)
+    assert status == 200
+    assert headers["Content-Type"].startswith("text/plain")
+    text = body.decode()
+    assert metric_sum(text, count, endpoint="health.health") - before == 200
+    assert metric_sum(text, count, endpoint="metrics.prometheus_metrics", status="401") == 1
+    for name in (
+        "rentals_db_pool_acquisitions_total",
+        "rentals_db_pool_wait_seconds_count",
+        "rentals_db_pool_timeouts_total",
+        "rentals_db_query_duration_seconds_count",
+    ):
+        assert re.search(rf"^{name}", text, re.MULTILINE), f"{name} is not exported"
+
+
+def test_health_db_sums_the_pools_of_all_live_workers(server):
+    _, port, _ = server
+    pids = worker_pids(port)
+    assert len(pids) == 2
+
+    def both_workers_published():
+        body = json.loads(request(port, "/api/health/db", AUTH)[2])
+        return body if {w["pid"] for w in body["all_workers"]["workers"]} == pids else None
+
+    body = wait_for(both_workers_published)
+    assert body, "the aggregate never listed both workers"
+    workers = body["all_workers"]
+    assert workers["worker_count"] == 2
+    assert workers["max_connections"] == 2 * 4
+    for key in ("in_use", "available", "total", "waiting", "max_connections"):
+        assert workers[key] == sum(w[key] for w in workers["workers"])
+    assert workers["total"] >= 2, "each worker's pool opens DB_POOL_MIN_CONNECTIONS at start"
+
+
+def test_a_killed_worker_leaves_the_aggregate(server):
+    _, port, _ = server
+    pids = worker_pids(port)
+    assert len(pids) == 2
+    victim = min(pids)
+    os.kill(victim, signal.SIGKILL)
+
+    def replaced():
+        body = json.loads(request(port, "/api/health/db", AUTH)[2])
+        listed = {w["pid"] for w in body["all_workers"]["workers"]}
+        return body if victim not in listed and len(listed) == 2 else None
+
+    body = wait_for(replaced, timeout=15)
+    assert body, "the killed worker stayed in the aggregate, or no new worker was counted"
+    assert body["all_workers"]["worker_count"] == 2
+
+
+def test_request_ids_round_trip_and_bad_ones_are_replaced(server):
+    _, port, _ = server
+    _, headers, _ = request(port, "/api/health", {"X-Request-ID": "trace-123.abc"})
+    assert headers["X-Request-ID"] == "trace-123.abc"
+    _, headers, _ = request(port, "/api/health", {"X-Request-ID": "bad id with spaces"})
+    assert re.fullmatch(r"[0-9a-f]{32}", headers["X-Request-ID"])
+    _, headers, _ = request(port, "/api/health")
+    assert re.fullmatch(r"[0-9a-f]{32}", headers["X-Request-ID"])
+
+
+def test_json_log_lines_parse_and_carry_no_secret(database_url):
+    process, port = start_gunicorn(database_url, LOG_FORMAT="json", LOG_LEVEL="info")
+    try:
+        request(port, "/api/health/db/test", {**AUTH, "X-Request-ID": "log-check-1"})
+        request(port, "/api/health/db", {"Authorization": "Bearer wrong-token-value"})
+    finally:
+        output = stop_gunicorn(process)
+    lines = [line for line in output.splitlines() if line.strip()]
+    records = [json.loads(line) for line in lines]  # every line is one JSON object
+    requests = [r for r in records if r.get("logger") == "apps.api.request"]
+    traced = [r for r in requests if r["request_id"] == "log-check-1"]
+    assert len(traced) == 1
+    line = traced[0]
+    assert line["method"] == "GET" and line["path"] == "/api/health/db/test" and line["status"] == 200
+    assert line["duration_ms"] > 0 and line["pool_wait_ms"] >= 0 and line["level"] == "INFO"
+    assert any(r["status"] == 401 for r in requests), [(r["path"], r["status"]) for r in requests]
+    assert any(r.get("logger", "").startswith("gunicorn") for r in records), output[:3000]
+    password = database_url.split(":")[2].split("@")[0]
+    for secret in (HEALTH_TOKEN, "wrong-token-value", password):
+        assert secret not in output
