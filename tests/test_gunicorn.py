@@ -58,7 +58,7 @@ def start_gunicorn(database_url: str, **overrides: object) -> tuple[subprocess.P
     }
     env = {**os.environ, **app_config(database_url, **{**defaults, **overrides})}
     # A file, not a pipe: nobody reads a pipe while the test runs, and a full one blocks the workers.
-    log = tempfile.TemporaryFile("w+")
+    log = tempfile.TemporaryFile("w+")  # noqa: SIM115 (closed by stop_gunicorn)
     process = subprocess.Popen(
         [sys.executable, "-m", "gunicorn", "-c", "gunicorn.conf.py", "apps.api.wsgi:app"],
         cwd=ROOT,
