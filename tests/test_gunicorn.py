@@ -113,8 +113,20 @@ def test_gunicorn_serves_from_two_workers_and_stops_cleanly(database_url, admin_
     assert app_backends(admin_conn) == 0
 
 
-def test_gunicorn_refuses_more_threads_than_pool_connections(database_url):
-    env = {**os.environ, **app_config(database_url, PORT=free_port(), GUNICORN_THREADS=8, DB_POOL_MAX_CONNECTIONS=4)}
+@pytest.mark.parametrize(
+    ("settings", "sentence"),
+    [
+        (
+            {"GUNICORN_THREADS": 8, "DB_POOL_MAX_CONNECTIONS": 4},
+            "GUNICORN_THREADS (8) is above DB_POOL_MAX_CONNECTIONS (4)",
+        ),
+        ({"DB_POOL_TIMEOUT": "0"}, "DB_POOL_TIMEOUT must be greater than 0"),
+        ({"APP_ENV": "production", "SECRET_KEY": "dev-secret-key-change-me"}, "SECRET_KEY is a development default"),
+    ],
+    ids=["threads-above-pool", "zero-timeout", "dev-secret-in-production"],
+)
+def test_gunicorn_refuses_bad_settings_before_starting_workers(database_url, settings, sentence):
+    env = {**os.environ, **app_config(database_url, PORT=free_port(), **settings)}
     result = subprocess.run(
         [sys.executable, "-m", "gunicorn", "-c", "gunicorn.conf.py", "apps.api.wsgi:app"],
         cwd=ROOT,
@@ -124,19 +136,5 @@ def test_gunicorn_refuses_more_threads_than_pool_connections(database_url):
         timeout=30,
     )
     assert result.returncode != 0
-    assert "GUNICORN_THREADS (8) is above DB_POOL_MAX_CONNECTIONS (4)" in result.stdout + result.stderr
-
-
-def test_gunicorn_refuses_a_bad_setting_before_starting_workers(database_url):
-    env = {**os.environ, **app_config(database_url, PORT=free_port(), DB_POOL_TIMEOUT="0")}
-    result = subprocess.run(
-        [sys.executable, "-m", "gunicorn", "-c", "gunicorn.conf.py", "apps.api.wsgi:app"],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=30,
-    )
-    assert result.returncode != 0
-    assert "DB_POOL_TIMEOUT must be greater than 0" in result.stdout + result.stderr
+    assert sentence in result.stdout + result.stderr
     assert "Booting worker" not in result.stdout + result.stderr
