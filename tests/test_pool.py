@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import shutil
+import socket
 import threading
 import time
 
@@ -494,3 +496,100 @@ def test_short_holds_are_not_reported_as_leaks(make_app, caplog):
     time.sleep(0.3)
     assert pool_stats(app)["leaks_detected"] == 0
     assert not [r for r in caplog.records if "leak" in r.getMessage()]
+
+
+# -- a server that stops answering ----------------------------------------------------------
+
+
+class StallingProxy:
+    """A TCP proxy to the real test server that can stop answering new connections.
+
+    While `stall` is set, a new connection is accepted and then left without a reply, as a
+    server host does when its accept queue is full or the network drops its packets.
+    """
+
+    def __init__(self, host: str, port: int) -> None:
+        self.target = (host, port)
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self.listener.getsockname()[1]
+        self.stall = threading.Event()
+        self.stalled = 0
+        self._sockets: list[socket.socket] = []
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                client, _ = self.listener.accept()
+            except OSError:
+                return
+            self._sockets.append(client)
+            if self.stall.is_set():
+                self.stalled += 1
+                continue
+            upstream = socket.create_connection(self.target)
+            self._sockets.append(upstream)
+            for source, sink in ((client, upstream), (upstream, client)):
+                threading.Thread(target=self._pipe, args=(source, sink), daemon=True).start()
+
+    @staticmethod
+    def _pipe(source: socket.socket, sink: socket.socket) -> None:
+        with contextlib.suppress(OSError):
+            while data := source.recv(65536):
+                sink.sendall(data)
+        with contextlib.suppress(OSError):
+            sink.shutdown(socket.SHUT_WR)
+
+    def close(self) -> None:
+        """Stop listening and cut every connection, stalled ones included."""
+        self.listener.close()
+        for sock in self._sockets:
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
+            sock.close()
+
+
+@pytest.mark.slow
+def test_a_connect_to_an_unresponsive_server_does_not_block_other_threads(make_app, postgresql):
+    # One thread opening a connection that hangs (up to DB_CONNECT_TIMEOUT) must not stop the
+    # others from giving back and borrowing the connections that are already open.
+    info = postgresql.info
+    proxy = StallingProxy(info.host, info.port)
+    app = make_app(
+        DATABASE_URL=f"postgresql://{info.user}:{info.password}@127.0.0.1:{proxy.port}/{info.dbname}",
+        DB_POOL_MIN_CONNECTIONS=1,
+        DB_POOL_MAX_CONNECTIONS=3,
+        DB_CONNECT_TIMEOUT=2,
+    )
+    grower = None
+    outcome: list[str] = []
+    try:
+        pool, held = hold(app, 1)
+        proxy.stall.set()
+
+        def grow():
+            try:
+                pool.putconn(pool.getconn())
+            except DatabaseUnavailable:
+                outcome.append("unreachable")
+            else:
+                outcome.append("connected")
+
+        grower = threading.Thread(target=grow, daemon=True)
+        grower.start()
+        assert wait_until(lambda: proxy.stalled == 1)
+        time.sleep(0.1)  # the grower is now inside connect()
+
+        started = time.monotonic()
+        pool.putconn(held.pop())
+        gave_back_in = time.monotonic() - started
+        started = time.monotonic()
+        pool.putconn(pool.getconn())
+        borrowed_in = time.monotonic() - started
+    finally:
+        proxy.close()
+        if grower is not None:
+            grower.join(5)
+    assert outcome == ["unreachable"], "the connect did not hang; the test proves nothing"
+    assert gave_back_in < 0.5, f"giving a connection back waited {gave_back_in:.1f} s for another thread's connect"
+    assert borrowed_in < 0.5, f"borrowing an idle connection waited {borrowed_in:.1f} s for another thread's connect"

@@ -72,7 +72,8 @@ def upgrade(directory: Path = MIGRATIONS_DIR) -> list[str]:
     database's own error (the transaction rolled back) when a file fails.
     """
     applied = []
-    for migration in discover(directory):
+    migrations = discover(directory)
+    for migration in migrations:
         with transaction() as cur:
             cur.execute("SELECT pg_advisory_xact_lock(%s)", (LOCK_ID,))
             # Migrations may build indexes on big tables; no per-statement limit here.
@@ -95,7 +96,15 @@ def upgrade(directory: Path = MIGRATIONS_DIR) -> list[str]:
                 (migration.version, migration.name, migration.checksum),
             )
         applied.append(migration.version)
+    _warn_about_unknown_versions({m.version for m in migrations})
     return applied
+
+
+def _warn_about_unknown_versions(known: set[str]) -> None:
+    # Not an error: an older release may run against a database a newer one migrated.
+    recorded = {row["version"] for row in execute_query("SELECT version FROM schema_migrations")}
+    for version in sorted(recorded - known):
+        logger.warning("migration %s is recorded in the database but has no file here", version)
 
 
 def status(directory: Path = MIGRATIONS_DIR) -> list[dict[str, object]]:

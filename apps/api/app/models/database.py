@@ -60,6 +60,16 @@ logger = logging.getLogger(__name__)
 
 EXTENSION = "rentals_database"
 APPLICATION_NAME = "rentals-api"
+# A server that vanishes without closing the socket (host down, network cut) never answers,
+# so statement_timeout cannot help; TCP gives up instead: an idle connection is probed after
+# 30 s, and unacknowledged data fails a query after 30 s rather than the kernel's ~15 min.
+TCP_SETTINGS = {
+    "keepalives": 1,
+    "keepalives_idle": 30,
+    "keepalives_interval": 10,
+    "keepalives_count": 3,
+    "tcp_user_timeout": 30_000,
+}
 
 Params = Sequence[Any] | dict[str, Any] | None
 
@@ -90,6 +100,7 @@ class Database:
         self._lock = threading.Lock()
         self.capacity: dict[str, Any] | None = None
         self._publish: metrics.PoolPublisher | None = None
+        self._closed_in_pid: int | None = None
         _databases.add(self)
 
     def _after_fork_in_child(self) -> None:
@@ -97,13 +108,19 @@ class Database:
         self._lock = threading.Lock()
 
     def pool(self) -> ConnectionPool:
-        """Return this process's pool, creating and opening it on first use in this process."""
+        """Return this process's pool, creating and opening it on first use in this process.
+
+        Raises PoolClosed once close() ran in this process (gunicorn's worker_exit): a late
+        caller must not open a pool that nobody would close.
+        """
         pool = self._pool
         if pool is not None and not pool.closed:
             return pool
         with self._lock:
+            if self._closed_in_pid == os.getpid():
+                raise PoolClosed("the connection pool is closed", self.settings.db_retry_after)
             if self._pool is None or self._pool.closed:
-                # None: first use. Closed: inherited across a fork, or closed and used again.
+                # None: first use here. Closed: inherited across a fork.
                 self._publish = metrics.PoolPublisher()
                 self._pool = self._make_pool()
                 self._pool.open()
@@ -134,6 +151,7 @@ class Database:
             connect_timeout=s.db_connect_timeout,
             application_name=APPLICATION_NAME,
             options=options,
+            **TCP_SETTINGS,
         )
 
     def stats(self) -> dict[str, Any]:
@@ -157,9 +175,10 @@ class Database:
         return stats
 
     def close(self) -> None:
-        """Close this process's pool if it has one; an inherited one is only forgotten."""
+        """Close this process's pool for good; an inherited one is only forgotten."""
         with self._lock:
             pool, self._pool = self._pool, None
+            self._closed_in_pid = os.getpid()
         if pool is not None:
             pool.close()
 

@@ -9,6 +9,10 @@ What psycopg2's pool does, and why we wrap it the way we do:
   connects while holding its lock; with `maxconn` connections out it raises
   `PoolError("connection pool exhausted")` at once. We never let it get that far: a
   caller first takes one of our `max_size` slots, waiting on our condition if needed.
+  Connecting under its lock would stall every other borrow and return for the whole
+  handshake (up to DB_CONNECT_TIMEOUT against a host that does not answer), so our
+  subclass refuses to connect there: we open the connection outside any lock and hand
+  it in, and psycopg2 registers it under its key as if it had opened it.
 - `putconn()` keeps a returned connection only while fewer than `minconn` are idle and
   closes it otherwise, so min=2/max=10 under load reconnects on almost every request.
   We create it with `minconn=0` (no I/O at construction) and then raise `minconn` to
@@ -131,6 +135,53 @@ class _Checkout:
     leak_reported: bool = False
 
 
+class _NoIdleConnection(Exception):
+    """psycopg2's pool had no idle connection, and we never let it open one itself."""
+
+
+class _CorePool(ThreadedConnectionPool):
+    """psycopg2's ThreadedConnectionPool that registers connections opened outside its lock.
+
+    `_connect` is what psycopg2's `getconn` calls, under its lock, when nothing is idle.
+    Here it takes the connection the calling thread handed in, or raises
+    _NoIdleConnection: psycopg2 never connects while holding its lock.
+    """
+
+    def __init__(self, *args: object, **kwargs: object) -> None:
+        self._handoff = threading.local()
+        super().__init__(*args, **kwargs)
+
+    def _connect(self, key: object = None) -> PooledConnection:
+        conn = getattr(self._handoff, "conn", None)
+        if conn is None:
+            raise _NoIdleConnection
+        self._handoff.conn = None
+        # What psycopg2's own _connect does once it has a connection.
+        if key is not None:
+            self._used[key] = conn
+            self._rused[id(conn)] = key
+        else:
+            self._pool.append(conn)
+        return conn
+
+    def getconn_idle(self) -> PooledConnection:
+        """Pop an idle connection; raise _NoIdleConnection when there is none."""
+        return self.getconn()
+
+    def getconn_with(self, conn: PooledConnection) -> tuple[PooledConnection, PooledConnection | None]:
+        """Register `conn` (opened by the caller) and return it, with None.
+
+        If a connection was returned meanwhile, psycopg2 hands out that idle one instead;
+        then the result is (the idle one, `conn` unused), and the caller closes `conn`.
+        """
+        self._handoff.conn = conn
+        try:
+            got = self.getconn()
+        finally:
+            unused, self._handoff.conn = self._handoff.conn, None
+        return got, unused
+
+
 _live_pools: weakref.WeakSet[ConnectionPool] = weakref.WeakSet()
 
 
@@ -200,7 +251,9 @@ class ConnectionPool:
         self._owner = owner
         self._on_tick = on_tick
 
-        self._core = ThreadedConnectionPool(0, max_size, dsn, connection_factory=PooledConnection, **connect_kwargs)
+        self._dsn = dsn
+        self._connect_kwargs = {"connection_factory": PooledConnection, **connect_kwargs}
+        self._core = _CorePool(0, max_size, dsn, **self._connect_kwargs)
         self._core.minconn = 0 if null else max_size
 
         self._cond = threading.Condition(threading.Lock())
@@ -349,11 +402,14 @@ class ConnectionPool:
             self._cond.notify()
 
     def _getconn_checked(self) -> PooledConnection:
-        # Holding a slot. Each failed ping discards one connection, so this ends.
+        # Holding a slot. Each round closes one idle connection or returns, so this ends.
         for _ in range(self.max_size + 1):
             conn = self._getconn_unchecked()
             if conn.pool_expires_at is None:
                 self._adopt(conn)
+            elif time.monotonic() >= conn.pool_expires_at:
+                self._drop(conn, RECYCLED)
+                continue
             elif self._needs_ping(conn) and not self._ping(conn):
                 self._drop(conn, DISCARDED)
                 continue
@@ -362,23 +418,33 @@ class ConnectionPool:
         raise DatabaseUnavailable("no healthy database connection could be found", self.retry_after)
 
     def _getconn_unchecked(self) -> PooledConnection:
-        with self._cond:
-            must_not_connect = time.monotonic() < self._reconnect_at and len(self._all) <= len(self._out)
-        if must_not_connect:
+        # Holding a slot: an idle connection if there is one, else a new one.
+        try:
+            return self._core.getconn_idle()
+        except _NoIdleConnection:
+            pass
+        except PoolError:
+            raise PoolClosed("the connection pool is closed", self.retry_after) from None
+        if time.monotonic() < self._reconnect_at:
             raise DatabaseUnavailable("the database is unreachable; retrying shortly", self.retry_after)
         started = time.monotonic()
         try:
-            conn = self._core.getconn()
-        except PoolError:
-            raise PoolClosed("the connection pool is closed", self.retry_after) from None
+            conn = psycopg2.connect(self._dsn, **self._connect_kwargs)
         except psycopg2.OperationalError as exc:
             self._note_connect_failure(exc)
             raise DatabaseUnavailable("the database is unreachable", self.retry_after) from exc
-        if conn.pool_expires_at is None:
-            elapsed_ms = (time.monotonic() - started) * 1000
+        elapsed_ms = (time.monotonic() - started) * 1000
+        try:
+            got, unused = self._core.getconn_with(conn)
+        except PoolError:
+            conn.close()
+            raise PoolClosed("the connection pool is closed", self.retry_after) from None
+        if unused is not None:
+            unused.close()
+        else:
             with self._cond:
                 self._counters[CONNECT_TIME_MS] += elapsed_ms
-        return conn
+        return got
 
     def _note_connect_failure(self, exc: Exception) -> None:
         with self._cond:
@@ -547,8 +613,8 @@ class ConnectionPool:
                 return False
             self._slots += 1
         try:
-            conn = self._core.getconn()
-        except (PoolError, psycopg2.Error):
+            conn = self._core.getconn_idle()
+        except (_NoIdleConnection, PoolError):
             self._give_back_slot()
             return False
         try:

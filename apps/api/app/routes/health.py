@@ -54,7 +54,8 @@ def _probe_database(settings: Settings) -> dict[str, Any]:
     except DatabaseUnavailable as exc:
         return {"reachable": False, "error": str(exc)}
     except psycopg2.Error as exc:
-        return {"reachable": False, "error": exc.pgerror or type(exc).__name__}
+        # An SQLSTATE means the server answered (a timeout, say): reachable, but not well.
+        return {"reachable": exc.pgcode is not None, "error": (exc.pgerror or type(exc).__name__).strip()}
     return {"reachable": True, "latency_ms": round((time.perf_counter() - started) * 1000, 3), **row}
 
 
@@ -85,6 +86,8 @@ def _warnings(settings: Settings, stats: dict[str, Any], database: dict[str, Any
         warnings.append(f"{stats['waiting']} requests are waiting for a database connection")
     if database.get("busy"):
         warnings.append("the health probe could not get a connection in time: the pool is saturated")
+    elif database.get("reachable") and database.get("error"):
+        warnings.append(f"the health probe query failed: {database['error']}")
     return warnings
 
 
