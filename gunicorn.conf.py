@@ -20,6 +20,8 @@ _own_metrics_dir = not os.environ.get(_METRICS_VAR)
 if _own_metrics_dir:
     os.environ[_METRICS_VAR] = tempfile.mkdtemp(prefix="rentals-metrics-")
 
+from gunicorn import glogging  # noqa: E402
+
 from apps.api.app.config import load_settings  # noqa: E402 (after the metrics folder is set)
 from apps.api.app.logs import logging_config  # noqa: E402
 
@@ -48,7 +50,9 @@ backlog = 2048
 #   graceful_timeout - seconds a worker gets after SIGTERM to finish in-flight requests.
 #   keepalive - seconds to hold an idle keep-alive connection; 2 to 5 behind a balancer.
 #   max_requests - recycle a worker after this many requests (bounds slow leaks); the
-#                  jitter keeps workers from restarting together. 0 disables.
+#                  jitter keeps workers from restarting together. 0 disables. A worker
+#                  serves thousands of requests a second, and each restart reloads the app
+#                  and reopens its pool, so this is high: minutes, not seconds, under load.
 
 workers = _settings.web_concurrency
 worker_class = "gthread"
@@ -56,8 +60,8 @@ threads = _settings.gunicorn_threads
 timeout = 60
 graceful_timeout = 30
 keepalive = 5
-max_requests = 10000
-max_requests_jitter = 1000
+max_requests = 1_000_000
+max_requests_jitter = 100_000
 
 # Logging
 #
@@ -65,9 +69,27 @@ max_requests_jitter = 1000
 #                    object per line, production) or text.
 #   accesslog - off: the app logs each request itself, with its request id, pool wait
 #               and user, which gunicorn's access line cannot know.
+#   logger_class - gunicorn's logger, except that it never builds access lines: with
+#                  logconfig_dict set, gunicorn formats one per request even when
+#                  accesslog is off, only for the logging module to drop it.
 #   loglevel - LOG_LEVEL: debug, info, warning, error, critical.
 
 logconfig_dict = logging_config(_settings.log_format, _settings.log_level)
+
+
+class _NoAccessLogLogger(glogging.Logger):
+    """gunicorn's logger with the access log switched off for good."""
+
+    @property
+    def access_log_enabled(self):
+        """Return False: the app writes the request lines."""
+        return False
+
+    def access(self, resp, req, environ, request_time):
+        """Write nothing."""
+
+
+logger_class = _NoAccessLogLogger
 accesslog = None
 errorlog = "-"
 loglevel = _settings.log_level

@@ -7,16 +7,19 @@ Headers, bodies and query strings are never logged, so tokens and passwords cann
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import logging.config
+import os
 import re
 import sys
 import time
 import uuid
 from typing import Any
 
+import orjson
 from flask import Flask, Response, g, request
-from pythonjsonlogger.json import JsonFormatter
+from pythonjsonlogger.orjson import OrjsonFormatter
 
 from . import metrics
 
@@ -28,8 +31,8 @@ _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 
 
 def json_formatter() -> logging.Formatter:
-    """Return the JSON-lines formatter shared by the app and gunicorn."""
-    return JsonFormatter(JSON_FIELDS, rename_fields={"asctime": "time", "levelname": "level", "name": "logger"})
+    """Return the JSON-lines formatter shared by the app and gunicorn (orjson: one line per request is hot)."""
+    return OrjsonFormatter(JSON_FIELDS, rename_fields={"asctime": "time", "levelname": "level", "name": "logger"})
 
 
 def logging_config(log_format: str, level: str) -> dict[str, Any]:
@@ -51,6 +54,12 @@ def logging_config(log_format: str, level: str) -> dict[str, Any]:
     }
 
 
+# No log line of ours names a thread or a multiprocessing process; looking them up costs
+# every LogRecord a few microseconds.
+logging.logThreads = False
+logging.logMultiprocessing = False
+
+
 def configure_logging(log_format: str, level: str) -> None:
     """Configure logging unless the host (gunicorn, pytest) already did."""
     if logging.getLogger().handlers:
@@ -65,37 +74,72 @@ def _start_request() -> None:
     g.request_id = incoming if _REQUEST_ID.match(incoming) else uuid.uuid4().hex
 
 
-def _finish_request(response: Response) -> Response:
-    started = g.get("request_started")
-    if started is None:  # the request failed before our first hook ran
+def _asctime(now: float) -> str:
+    # The same shape as logging's %(asctime)s, so request lines sort with the others.
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(now)) + f",{int(now % 1 * 1000):03d}"
+
+
+class RequestLog:
+    """Writes the one line per request straight to stderr, in the configured format.
+
+    The logging module (a LogRecord, handler locks, a formatter that inspects the record)
+    cost a request more than the database read it logged; the profile showed about a sixth
+    of a worker's time there. This writes the same fields, in the same format as every
+    other line, with one os.write per line (atomic for a line this size), so nothing is
+    buffered and nothing is lost if the worker dies. It honours the apps logger's level.
+    """
+
+    def __init__(self, log_format: str) -> None:
+        self.json = log_format == "json"
+        self.fd = sys.stderr.fileno()
+
+    def __call__(self, response: Response) -> Response:
+        """Record the request's metric and write its line (an after_request hook)."""
+        started = g.get("request_started")
+        if started is None:  # the request failed before our first hook ran
+            return response
+        duration = time.perf_counter() - started
+        method, status = request.method, response.status_code
+        metrics.REQUEST_DURATION.labels(method, request.endpoint or "unmatched", str(status)).observe(duration)
+        request_id = g.request_id
+        response.headers["X-Request-ID"] = request_id
+        if request_logger.isEnabledFor(logging.INFO):
+            self.write(method, request.path, status, duration, g.get("pool_wait_seconds", 0.0), request_id)
         return response
-    duration = time.perf_counter() - started
-    endpoint = request.endpoint or "unmatched"
-    metrics.REQUEST_DURATION.labels(request.method, endpoint, str(response.status_code)).observe(duration)
-    response.headers["X-Request-ID"] = g.request_id
-    pool_wait = g.get("pool_wait_seconds", 0.0)
-    request_logger.info(
-        "%s %s %s %.1fms (pool wait %.1fms, request %s)",
-        request.method,
-        request.path,
-        response.status_code,
-        duration * 1000,
-        pool_wait * 1000,
-        g.request_id,
-        extra={
-            "request_id": g.request_id,
-            "method": request.method,
-            "path": request.path,
-            "status": response.status_code,
-            "duration_ms": round(duration * 1000, 3),
-            "pool_wait_ms": round(pool_wait * 1000, 3),
-            "user_id": g.get("user_id"),
-        },
-    )
-    return response
+
+    def write(self, method: str, path: str, status: int, duration: float, pool_wait: float, request_id: str) -> None:
+        """Write one request line."""
+        now = time.time()
+        took, waited = duration * 1000, pool_wait * 1000
+        message = f"{method} {path} {status} {took:.1f}ms (pool wait {waited:.1f}ms, request {request_id})"
+        if self.json:
+            line = (
+                orjson.dumps(
+                    {
+                        "time": _asctime(now),
+                        "level": "INFO",
+                        "logger": request_logger.name,
+                        "process": os.getpid(),
+                        "message": message,
+                        "request_id": request_id,
+                        "method": method,
+                        "path": path,
+                        "status": status,
+                        "duration_ms": round(took, 3),
+                        "pool_wait_ms": round(waited, 3),
+                        "user_id": g.get("user_id"),
+                    }
+                )
+                + b"\n"
+            )
+        else:
+            line = f"{_asctime(now)} INFO [{os.getpid()}] {request_logger.name}: {message}\n".encode()
+        # stderr closed or full: never fail the request for its log line.
+        with contextlib.suppress(OSError):
+            os.write(self.fd, line)
 
 
-def init_app(app: Flask) -> None:
+def init_app(app: Flask, log_format: str) -> None:
     """Give every request an id, a duration metric and one log line."""
     app.before_request(_start_request)
-    app.after_request(_finish_request)
+    app.after_request(RequestLog(log_format))

@@ -25,9 +25,28 @@ from prometheus_client import (
     Histogram,
     generate_latest,
     multiprocess,
+    values,
 )
 
 MULTIPROCESS_DIR_VAR = "PROMETHEUS_MULTIPROC_DIR"
+
+# In multiprocess mode every metric update asks os.getpid() (a system call) to notice a
+# fork; several updates per request made that a measurable share of the request. The pid
+# is cached here and refreshed by an at-fork hook, which is exactly when it changes.
+_pid = [os.getpid()]
+
+
+def _cached_pid() -> int:
+    return _pid[0]
+
+
+def _refresh_pid() -> None:
+    _pid[0] = os.getpid()
+
+
+os.register_at_fork(after_in_child=_refresh_pid)
+if os.environ.get(MULTIPROCESS_DIR_VAR):
+    values.ValueClass = values.MultiProcessValue(process_identifier=_cached_pid)
 
 _GAUGE_STATES = {"in_use": "in_use", "available": "available", "total": "open", "max_connections": "max"}
 
