@@ -10,7 +10,7 @@ from . import cli, errors, logs
 from .config import load_settings, settings_as_flask_config
 from .models import database
 from .routes import health, metrics
-from .serialization import APIJSONProvider
+from .serialization import APIJSONProvider, NoSessionInterface
 
 
 def create_app(config: Mapping[str, str] | None = None) -> Flask:
@@ -23,10 +23,13 @@ def create_app(config: Mapping[str, str] | None = None) -> Flask:
     logs.configure_logging(settings.log_format, settings.log_level)
     app = Flask(__name__, static_folder=None)
     app.json = APIJSONProvider(app)
+    # A bearer-token API has no cookie session; Flask would otherwise build a signing
+    # serializer for one on every request (about 5 % of a request in the profile).
+    app.session_interface = NoSessionInterface()
     app.config.update(settings_as_flask_config(settings))
     database.init_app(app, settings)
     errors.register_error_handlers(app)
-    logs.init_app(app)
+    logs.init_app(app, settings.log_format)
     app.register_blueprint(health.bp)
     app.register_blueprint(metrics.bp)
     cli.register(app)
