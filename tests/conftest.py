@@ -204,3 +204,129 @@ class AppThread(threading.Thread):
                 self.result = self.target_fn(*self.target_args)
             except BaseException as exc:
                 self.error = exc
+
+
+# -- the rentals domain: users, tokens, rows ---------------------------------------------
+
+TEST_PASSWORD = "correct horse battery staple"
+
+
+@pytest.fixture(scope="session")
+def password_hash() -> str:
+    """One scrypt hash of TEST_PASSWORD for the whole session (each hash costs ~70 ms)."""
+    from apps.api.app.auth import hash_password
+
+    return hash_password(TEST_PASSWORD)
+
+
+def insert_row(conn: psycopg2.extensions.connection, table: str, **values: object) -> dict:
+    """Insert one row straight into `table` (test setup, outside the app) and return it as a dict."""
+    columns = ", ".join(values)
+    placeholders = ", ".join(["%s"] * len(values))
+    with conn.cursor() as cur:
+        cur.execute(f"INSERT INTO {table} ({columns}) VALUES ({placeholders}) RETURNING *", tuple(values.values()))
+        names = [column.name for column in cur.description]
+        return dict(zip(names, cur.fetchone(), strict=True))
+
+
+@pytest.fixture
+def make_user(admin_conn, password_hash):
+    """Insert a user with TEST_PASSWORD: make_user(role="staff", active=True, email=None) -> row."""
+    made = iter(range(1, 1_000_000))
+
+    def make(role: str = "staff", *, active: bool = True, email: str | None = None) -> dict:
+        email = email or f"{role}{next(made)}@example.com"
+        return insert_row(
+            admin_conn,
+            "users",
+            email=email,
+            password_hash=password_hash,
+            full_name=f"Test {role.title()}",
+            role=role,
+            active=active,
+        )
+
+    return make
+
+
+def bearer(app, user: dict) -> dict[str, str]:
+    """Return Authorization headers with a fresh token of `app` for `user`."""
+    from apps.api.app.auth import issue_token
+
+    with app.app_context():
+        token, _ = issue_token(user["id"], user["role"])
+    return {"Authorization": f"Bearer {token}"}
+
+
+@pytest.fixture
+def admin_user(make_user) -> dict:
+    """An active admin."""
+    return make_user("admin")
+
+
+@pytest.fixture
+def staff_user(make_user) -> dict:
+    """An active staff member."""
+    return make_user("staff")
+
+
+@pytest.fixture
+def admin_headers(app, admin_user) -> dict[str, str]:
+    """Headers of a logged-in admin."""
+    return bearer(app, admin_user)
+
+
+@pytest.fixture
+def staff_headers(app, staff_user) -> dict[str, str]:
+    """Headers of a logged-in staff member."""
+    return bearer(app, staff_user)
+
+
+@pytest.fixture
+def make_customer(admin_conn):
+    """Insert a customer: make_customer(full_name=..., email=..., ...) -> row."""
+    made = iter(range(1, 1_000_000))
+
+    def make(**values: object) -> dict:
+        n = next(made)
+        values = {"full_name": f"Customer {n}", "email": f"customer{n}@example.com", **values}
+        return insert_row(admin_conn, "customers", **values)
+
+    return make
+
+
+@pytest.fixture
+def make_product(admin_conn):
+    """Insert a product: make_product(daily_rate_cents=..., active=..., ...) -> row."""
+    made = iter(range(1, 1_000_000))
+
+    def make(**values: object) -> dict:
+        n = next(made)
+        values = {"sku": f"SKU-{n:05d}", "name": f"Product {n}", "category": "tools", "daily_rate_cents": 1500} | values
+        return insert_row(admin_conn, "products", **values)
+
+    return make
+
+
+@pytest.fixture
+def make_rental(admin_conn):
+    """Insert a rental: make_rental(customer, product, start, end, status="reserved") -> row."""
+
+    import datetime
+
+    def make(customer: dict, product: dict, start, end, status: str = "reserved", **values: object) -> dict:
+        days = (end - start).days
+        values = {
+            "customer_id": customer["id"],
+            "product_id": product["id"],
+            "start_date": start,
+            "end_date": end,
+            "status": status,
+            "daily_rate_cents": product["daily_rate_cents"],
+            "total_cents": product["daily_rate_cents"] * days,
+            "returned_at": datetime.datetime.now(datetime.UTC) if status == "returned" else None,
+            **values,
+        }
+        return insert_row(admin_conn, "rentals", **values)
+
+    return make

@@ -5,11 +5,13 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 from flask import Flask
+from flask_openapi3 import OpenAPI
 
-from . import cli, errors, logs
+from . import auth, cli, errors, logs, openapi
 from .config import load_settings, settings_as_flask_config
 from .models import database
-from .routes import health, metrics
+from .routes import auth as auth_routes
+from .routes import customers, dashboard, health, metrics, products, rentals
 from .serialization import APIJSONProvider, NoSessionInterface
 
 
@@ -21,7 +23,8 @@ def create_app(config: Mapping[str, str] | None = None) -> Flask:
     """
     settings = load_settings(config)
     logs.configure_logging(settings.log_format, settings.log_level)
-    app = Flask(__name__, static_folder=None)
+    # flask-openapi3's Flask subclass: it validates requests and writes /api/openapi.json.
+    app = OpenAPI(__name__, static_folder=None, **openapi.app_options())
     app.json = APIJSONProvider(app)
     # A bearer-token API has no cookie session; Flask would otherwise build a signing
     # serializer for one on every request (about 5 % of a request in the profile).
@@ -32,5 +35,9 @@ def create_app(config: Mapping[str, str] | None = None) -> Flask:
     logs.init_app(app, settings.log_format)
     app.register_blueprint(health.bp)
     app.register_blueprint(metrics.bp)
+    auth.init_app(app)
+    for domain in (auth_routes, customers, products, rentals, dashboard):
+        app.register_api(domain.bp)
+    app.register_blueprint(openapi.bp)
     cli.register(app)
     return app

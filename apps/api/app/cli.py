@@ -1,12 +1,22 @@
-"""Command-line tools: flask --app apps.api.wsgi db upgrade | db status."""
+"""Command-line tools: flask --app apps.api.wsgi db upgrade | db status | db seed | db demo | users create."""
 
 from __future__ import annotations
+
+import os
 
 import click
 from flask import Flask
 from flask.cli import AppGroup
+from pydantic import TypeAdapter
+from pydantic import ValidationError as PydanticValidationError
 
-from . import migrate
+from . import migrate, seed
+from .auth import hash_password
+from .errors import APIError
+from .models import users
+from .schemas import Email
+
+MIN_PASSWORD_LENGTH = 10
 
 db_cli = AppGroup("db", help="Database schema and data.")
 
@@ -32,6 +42,88 @@ def status_command() -> None:
         click.echo(f"{row['version']}_{row['name']}: {applied}")
 
 
+@db_cli.command("seed")
+@click.option("--customers", type=click.IntRange(min=1), default=1000, show_default=True)
+@click.option("--products", type=click.IntRange(min=1), default=200, show_default=True)
+@click.option("--rentals", type=click.IntRange(min=0), default=20000, show_default=True)
+@click.option("--seed", "seed_value", type=int, default=42, show_default=True, help="Same seed, same day: same rows.")
+@click.option("--truncate", is_flag=True, help="Empty customers, products and rentals first (users stay).")
+def seed_command(customers: int, products: int, rentals: int, seed_value: int, truncate: bool) -> None:
+    """Fill empty customers, products and rentals tables with realistic generated rows (COPY)."""
+    try:
+        result = seed.seed(customers, products, rentals, seed=seed_value, truncate=truncate)
+    except seed.SeedError as exc:
+        raise click.ClickException(str(exc)) from exc
+    click.echo(
+        f"seeded {result.customers} customers, {result.products} products and {result.rentals} rentals"
+        f" in {result.seconds:.1f} s"
+    )
+
+
+@db_cli.command("demo")
+def demo_command() -> None:
+    """Seed a small demo set and a demo admin if the database is empty; print the admin's login."""
+    created = seed.seed_demo_if_empty()
+    if created is None:
+        click.echo("the database already holds data; nothing seeded")
+    else:
+        click.echo(f"demo admin: {created['email']} / {created['password']}")
+
+
+users_cli = AppGroup("users", help="Staff accounts.")
+
+
+def _read_password() -> str:
+    """Return NEW_USER_PASSWORD when set (scripts), else ask twice without echo."""
+    password = os.environ.get("NEW_USER_PASSWORD") or click.prompt(
+        "Password", hide_input=True, confirmation_prompt=True
+    )
+    if len(password) < MIN_PASSWORD_LENGTH:
+        raise click.ClickException(f"the password must have at least {MIN_PASSWORD_LENGTH} characters")
+    return password
+
+
+@users_cli.command("create")
+@click.option("--email", required=True, help="The login; unique whatever its case.")
+@click.option("--role", type=click.Choice(users.ROLES), default="staff", show_default=True)
+@click.option("--full-name", default=None, help="Defaults to the email's local part.")
+def create_user_command(email: str, role: str, full_name: str | None) -> None:
+    """Create a staff account; the password comes from a prompt or NEW_USER_PASSWORD, never an argument."""
+    try:
+        email = TypeAdapter(Email).validate_python(email)
+    except PydanticValidationError:
+        raise click.ClickException(f"{email!r} is not an email address") from None
+    password = _read_password()
+    try:
+        user = users.create_user(email, hash_password(password), full_name or email.split("@")[0], role)
+    except APIError as exc:
+        raise click.ClickException(exc.message) from exc
+    click.echo(f"created {user['role']} {user['email']} (id {user['id']})")
+
+
+@users_cli.command("deactivate")
+@click.option("--email", required=True)
+def deactivate_user_command(email: str) -> None:
+    """Deactivate an account: login stops at once, its tokens within USER_RECHECK_SECONDS."""
+    try:
+        user = users.set_user_active(email, False)
+    except APIError as exc:
+        raise click.ClickException(exc.message) from exc
+    click.echo(f"deactivated {user['email']}")
+
+
+@users_cli.command("activate")
+@click.option("--email", required=True)
+def activate_user_command(email: str) -> None:
+    """Reactivate an account."""
+    try:
+        user = users.set_user_active(email, True)
+    except APIError as exc:
+        raise click.ClickException(exc.message) from exc
+    click.echo(f"activated {user['email']}")
+
+
 def register(app: Flask) -> None:
     """Add the command groups to the app's CLI."""
     app.cli.add_command(db_cli)
+    app.cli.add_command(users_cli)

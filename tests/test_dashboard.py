@@ -1,0 +1,134 @@
+"""The dashboard: every figure equals a reference computed in Python from the seeded rows."""
+
+from __future__ import annotations
+
+import collections
+import datetime
+
+import pytest
+
+from apps.api.app import seed
+from apps.api.app.models import dashboard
+
+
+def rows(conn, sql: str) -> list[dict]:
+    with conn.cursor() as cur:
+        cur.execute(sql)
+        names = [column.name for column in cur.description]
+        return [dict(zip(names, row, strict=True)) for row in cur.fetchall()]
+
+
+def reference(conn) -> dict:
+    """Compute the dashboard from the raw rows, the way docs/API.md defines each figure."""
+    clock = rows(conn, "SELECT current_date AS today, now() AS now")[0]
+    today, now = clock["today"], clock["now"]
+    rentals = rows(conn, "SELECT product_id, start_date, end_date, status, total_cents FROM rentals")
+    products = {p["id"]: p for p in rows(conn, "SELECT id, sku, name, active FROM products")}
+    customers = rows(conn, "SELECT created_at FROM customers")
+    month_start, window_start = today.replace(day=1), today - datetime.timedelta(days=29)
+    earning = [r for r in rentals if r["status"] in ("active", "returned")]
+    recent = [r for r in earning if window_start <= r["start_date"] <= today]
+    by_product: dict[int, list[int]] = collections.defaultdict(lambda: [0, 0])
+    for r in recent:
+        by_product[r["product_id"]][0] += r["total_cents"]
+        by_product[r["product_id"]][1] += 1
+    top = sorted(by_product.items(), key=lambda item: (-item[1][0], item[0]))[:10]
+    booked = sum(
+        max(0, (min(r["end_date"], today + datetime.timedelta(days=1)) - max(r["start_date"], window_start)).days)
+        for r in earning
+        if products[r["product_id"]]["active"]
+    )
+    available = 30 * sum(1 for p in products.values() if p["active"])
+    return {
+        "as_of": today.isoformat(),
+        "rentals_by_status": {
+            s: sum(1 for r in rentals if r["status"] == s) for s in ("reserved", "active", "returned", "cancelled")
+        },
+        "active_rentals": sum(1 for r in rentals if r["status"] == "active"),
+        "overdue_rentals": sum(1 for r in rentals if r["status"] == "active" and r["end_date"] < today),
+        "revenue_cents": {
+            "current_month": sum(r["total_cents"] for r in earning if month_start <= r["start_date"] <= today),
+            "last_30_days": sum(r["total_cents"] for r in recent),
+        },
+        "utilisation_last_30_days": {
+            "booked_days": booked,
+            "available_days": available,
+            "ratio": round(booked / available, 4) if available else 0.0,
+        },
+        "top_products_last_30_days": [
+            {
+                "product_id": product_id,
+                "sku": products[product_id]["sku"],
+                "name": products[product_id]["name"],
+                "revenue_cents": revenue,
+                "rentals": count,
+            }
+            for product_id, (revenue, count) in top
+        ],
+        "new_customers_last_30_days": sum(1 for c in customers if c["created_at"] >= now - datetime.timedelta(days=30)),
+    }
+
+
+@pytest.fixture
+def seeded(app, admin_conn):
+    """A seeded database whose "today" is the database's own current date."""
+    today = rows(admin_conn, "SELECT current_date AS today")[0]["today"]
+    with app.app_context():
+        seed.seed(customers=300, products=40, rentals=4000, seed=7, today=today)
+    return today
+
+
+def test_dashboard_matches_a_reference_computed_from_the_rows(client, staff_headers, seeded, admin_conn):
+    r = client.get("/api/dashboard", headers=staff_headers)
+    assert r.status_code == 200, r.json
+    expected = reference(admin_conn)
+    assert r.json == expected
+    # The seeded data exercises every figure.
+    assert all(expected["rentals_by_status"].values())
+    assert expected["overdue_rentals"] > 0
+    assert expected["revenue_cents"]["last_30_days"] > 0
+    assert 0 < expected["utilisation_last_30_days"]["ratio"] <= 1
+    assert len(expected["top_products_last_30_days"]) == 10
+    assert expected["new_customers_last_30_days"] > 0
+
+
+def test_dashboard_follows_new_activity(client, staff_headers, make_customer, make_product, admin_conn):
+    today = rows(admin_conn, "SELECT current_date AS today")[0]["today"]
+    customer, product = make_customer(), make_product(daily_rate_cents=1000)
+    body = {
+        "customer_id": customer["id"],
+        "product_id": product["id"],
+        "start_date": today.isoformat(),
+        "end_date": (today + datetime.timedelta(days=3)).isoformat(),
+    }
+    rental = client.post("/api/rentals", json=body, headers=staff_headers).json
+    client.post(f"/api/rentals/{rental['id']}/activate", headers=staff_headers)
+    r = client.get("/api/dashboard", headers=staff_headers)
+    assert r.json == reference(admin_conn)
+    assert r.json["active_rentals"] == 1
+    assert r.json["revenue_cents"]["last_30_days"] == 3000
+    assert r.json["utilisation_last_30_days"] == {"booked_days": 1, "available_days": 30, "ratio": round(1 / 30, 4)}
+    assert r.json["top_products_last_30_days"][0]["product_id"] == product["id"]
+
+
+def test_dashboard_of_an_empty_database(client, staff_headers):
+    r = client.get("/api/dashboard", headers=staff_headers)
+    assert r.status_code == 200
+    assert r.json["rentals_by_status"] == {"reserved": 0, "active": 0, "returned": 0, "cancelled": 0}
+    assert r.json["top_products_last_30_days"] == []
+    assert r.json["utilisation_last_30_days"] == {"booked_days": 0, "available_days": 0, "ratio": 0.0}
+    assert r.json["revenue_cents"] == {"current_month": 0, "last_30_days": 0}
+
+
+def test_dashboard_is_one_database_round_trip(client, staff_headers, monkeypatch):
+    client.get("/api/auth/me", headers=staff_headers)  # the token's user is now cached
+    calls = []
+    real = dashboard.execute_query_one
+
+    def counted(*args, **kwargs):
+        calls.append(args[0])
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(dashboard, "execute_query_one", counted)
+    assert client.get("/api/dashboard", headers=staff_headers).status_code == 200
+    assert len(calls) == 1
