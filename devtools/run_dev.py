@@ -10,6 +10,7 @@ stops gunicorn first, then the database.
 from __future__ import annotations
 
 import importlib
+import json
 import logging
 import os
 import signal
@@ -22,6 +23,8 @@ from devtools.embedded_pg import EmbeddedPostgres
 
 ROOT = Path(__file__).resolve().parent.parent
 DATA_DIR = ROOT / ".devdb" / "data"
+# The demo admin's login, kept beside the data (ignored by git) so every start can print it.
+DEMO_LOGIN = ROOT / ".devdb" / "demo-admin.json"
 
 logger = logging.getLogger("run_dev")
 
@@ -86,6 +89,11 @@ def main() -> int:
         url, role, password, dbname = _dev_database_url(db_port)
         server.ensure_role_and_database(role, password, dbname)
         demo = _prepare_database(url)
+        if demo:
+            DEMO_LOGIN.write_text(json.dumps(demo))
+            DEMO_LOGIN.chmod(0o600)
+        elif DEMO_LOGIN.exists():
+            demo = json.loads(DEMO_LOGIN.read_text())
 
         from apps.api.app.config import load_settings
 
