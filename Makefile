@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test lint format clean
+.PHONY: run test lint format clean bench bench-profile
 
 $(STAMP): requirements.txt requirements-dev.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -21,6 +21,21 @@ test: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/python -m pytest
+
+BENCH_STAMP := $(VENV)/.bench-installed
+
+$(BENCH_STAMP): $(STAMP) bench/requirements.txt
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -r bench/requirements.txt
+	touch $(BENCH_STAMP)
+
+## bench: load benchmarks vs peer pools, writes bench/REPORT.md and plots (~25 min; not in make test)
+##        BENCH_QUICK=1 make bench: 2-3 min smoke run into bench/results/quick/
+bench: $(BENCH_STAMP)
+	$(BIN)/python -m bench.run
+
+## bench-profile: py-spy profile of the API's hot path under load, writes bench/PROFILE.md
+bench-profile: $(BENCH_STAMP)
+	$(BIN)/python -m bench.profile
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

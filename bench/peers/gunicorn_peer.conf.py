@@ -1,0 +1,37 @@
+"""gunicorn settings for the peer apps: the API's own gunicorn.conf.py, less its hooks.
+
+    gunicorn -c bench/peers/gunicorn_peer.conf.py -w 2 -k gthread --threads 8 -b HOST:PORT bench.peers.hello:app
+
+Every plain server setting of the project's gunicorn.conf.py (backlog, keepalive, timeouts,
+max_requests, access log, ...) is copied, so peers and API differ only in the app. The
+command line sets workers, worker class, threads and bind, as it does for every app in the
+benchmark. The hooks are replaced by ours: each worker opens its peer's pool after the fork
+and closes it on exit.
+"""
+
+import runpy
+from pathlib import Path
+
+from gunicorn.config import KNOWN_SETTINGS
+
+_API_CONF = Path(__file__).resolve().parents[2] / "gunicorn.conf.py"
+_SKIPPED = {"bind", "workers", "threads", "worker_class", "proc_name"}
+_NAMES = {setting.name for setting in KNOWN_SETTINGS}
+
+for _name, _value in runpy.run_path(str(_API_CONF)).items():
+    if _name in _NAMES and _name not in _SKIPPED and not callable(_value):
+        globals()[_name] = _value
+
+proc_name = "bench-peer"
+
+
+def post_fork(server, worker):
+    """Open this worker's pool, now that it runs in its own process."""
+    worker.app.wsgi().extensions["bench_pool"].open()
+
+
+def worker_exit(server, worker):
+    """Close this worker's pool when the worker stops."""
+    app = getattr(worker, "wsgi", None)
+    if app is not None:
+        app.extensions["bench_pool"].close()
