@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import collections
 import datetime
+import time
 
 import pytest
 
 from apps.api.app import seed
 from apps.api.app.models import dashboard
+from tests.conftest import bearer
 
 
 def rows(conn, sql: str) -> list[dict]:
@@ -69,6 +71,14 @@ def reference(conn) -> dict:
     }
 
 
+def without_generated_at(body: dict) -> dict:
+    """Return the reply less generated_at (checked to be a recent time)."""
+    body = dict(body)
+    generated = datetime.datetime.fromisoformat(body.pop("generated_at"))
+    assert abs((datetime.datetime.now(datetime.UTC) - generated).total_seconds()) < 60
+    return body
+
+
 @pytest.fixture
 def seeded(app, admin_conn):
     """A seeded database whose "today" is the database's own current date."""
@@ -82,7 +92,7 @@ def test_dashboard_matches_a_reference_computed_from_the_rows(client, staff_head
     r = client.get("/api/dashboard", headers=staff_headers)
     assert r.status_code == 200, r.json
     expected = reference(admin_conn)
-    assert r.json == expected
+    assert without_generated_at(r.json) == expected
     # The seeded data exercises every figure.
     assert all(expected["rentals_by_status"].values())
     assert expected["overdue_rentals"] > 0
@@ -104,7 +114,7 @@ def test_dashboard_follows_new_activity(client, staff_headers, make_customer, ma
     rental = client.post("/api/rentals", json=body, headers=staff_headers).json
     client.post(f"/api/rentals/{rental['id']}/activate", headers=staff_headers)
     r = client.get("/api/dashboard", headers=staff_headers)
-    assert r.json == reference(admin_conn)
+    assert without_generated_at(r.json) == reference(admin_conn)
     assert r.json["active_rentals"] == 1
     assert r.json["revenue_cents"]["last_30_days"] == 3000
     assert r.json["utilisation_last_30_days"] == {"booked_days": 1, "available_days": 30, "ratio": round(1 / 30, 4)}
@@ -132,3 +142,28 @@ def test_dashboard_is_one_database_round_trip(client, staff_headers, monkeypatch
     monkeypatch.setattr(dashboard, "execute_query_one", counted)
     assert client.get("/api/dashboard", headers=staff_headers).status_code == 200
     assert len(calls) == 1
+
+
+def test_dashboard_is_reused_for_dashboard_cache_seconds(make_app, make_user, make_customer):
+    app = make_app(DASHBOARD_CACHE_SECONDS=0.5)
+    client = app.test_client()
+    headers = bearer(app, make_user(role="staff"))
+    first = client.get("/api/dashboard", headers=headers).json
+    make_customer()
+    again = client.get("/api/dashboard", headers=headers).json
+    assert again == first, "a second look within DASHBOARD_CACHE_SECONDS recomputed the figures"
+    time.sleep(0.6)
+    later = client.get("/api/dashboard", headers=headers).json
+    assert later["new_customers_last_30_days"] == first["new_customers_last_30_days"] + 1
+    assert later["generated_at"] > first["generated_at"]
+
+
+def test_dashboard_cache_can_be_switched_off(make_app, make_user, make_customer):
+    app = make_app(DASHBOARD_CACHE_SECONDS=0)
+    client = app.test_client()
+    headers = bearer(app, make_user(role="staff"))
+    first = client.get("/api/dashboard", headers=headers).json
+    make_customer()
+    assert client.get("/api/dashboard", headers=headers).json["new_customers_last_30_days"] == (
+        first["new_customers_last_30_days"] + 1
+    )

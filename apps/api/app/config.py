@@ -60,6 +60,7 @@ class Settings:
     log_format: str
     max_content_length: int
     token_ttl_seconds: int
+    dashboard_cache_seconds: float
 
     @property
     def max_server_connections_needed(self) -> int:
@@ -109,6 +110,7 @@ _DEFAULTS: dict[str, str] = {
     "LOG_FORMAT": "",
     "MAX_CONTENT_LENGTH": str(1024 * 1024),
     "TOKEN_TTL_SECONDS": "3600",
+    "DASHBOARD_CACHE_SECONDS": "5",
 }
 
 
@@ -203,6 +205,7 @@ def load_settings(overrides: Mapping[str, str] | None = None, environ: Mapping[s
         ),
         max_content_length=_integer("MAX_CONTENT_LENGTH", get("MAX_CONTENT_LENGTH"), minimum=1),
         token_ttl_seconds=_integer("TOKEN_TTL_SECONDS", get("TOKEN_TTL_SECONDS"), minimum=60),
+        dashboard_cache_seconds=_number("DASHBOARD_CACHE_SECONDS", get("DASHBOARD_CACHE_SECONDS"), positive=False),
     )
     _check(settings)
     return settings

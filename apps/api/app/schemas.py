@@ -276,6 +276,7 @@ class DashboardOut(BaseModel):
     """The business at a glance, as of the database's current date."""
 
     as_of: datetime.date
+    generated_at: datetime.datetime
     rentals_by_status: dict[Status, int]
     active_rentals: int
     overdue_rentals: int
