@@ -101,26 +101,26 @@ def create_user_command(email: str, role: str, full_name: str | None) -> None:
     click.echo(f"created {user['role']} {user['email']} (id {user['id']})")
 
 
+def _set_active(email: str, active: bool) -> None:
+    try:
+        user = users.set_user_active(email, active)
+    except APIError as exc:
+        raise click.ClickException(exc.message) from exc
+    click.echo(f"{'activated' if active else 'deactivated'} {user['email']}")
+
+
 @users_cli.command("deactivate")
 @click.option("--email", required=True)
 def deactivate_user_command(email: str) -> None:
     """Deactivate an account: login stops at once, its tokens within USER_RECHECK_SECONDS."""
-    try:
-        user = users.set_user_active(email, False)
-    except APIError as exc:
-        raise click.ClickException(exc.message) from exc
-    click.echo(f"deactivated {user['email']}")
+    _set_active(email, False)
 
 
 @users_cli.command("activate")
 @click.option("--email", required=True)
 def activate_user_command(email: str) -> None:
     """Reactivate an account."""
-    try:
-        user = users.set_user_active(email, True)
-    except APIError as exc:
-        raise click.ClickException(exc.message) from exc
-    click.echo(f"activated {user['email']}")
+    _set_active(email, True)
 
 
 def register(app: Flask) -> None:
