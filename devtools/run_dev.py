@@ -65,7 +65,12 @@ def _banner(port: int, health_token: str, demo: dict | None) -> str:
         f"  curl -H 'Authorization: Bearer {health_token}' {base}/api/health/db",
         f"  curl -H 'Authorization: Bearer {health_token}' {base}/api/health/db/test",
     ]
-    if demo:
+    if not demo:
+        lines += [
+            "No demo login on record; while this runs, make an admin in another terminal:",
+            "  .venv/bin/flask --app apps.api.wsgi users create --email you@example.com --role admin",
+        ]
+    else:
         lines += [
             f"Demo admin: {demo['email']} / {demo['password']}",
             f"  curl -X POST {base}/api/auth/login -H 'Content-Type: application/json' "
