@@ -11,6 +11,7 @@ ever ran, as Prometheus expects of counters.
 
 from __future__ import annotations
 
+import glob
 import os
 import threading
 from collections import defaultdict
@@ -109,11 +110,31 @@ def multiprocess_dir() -> str | None:
     return os.environ.get(MULTIPROCESS_DIR_VAR) or None
 
 
+class _MultiProcessCollector(multiprocess.MultiProcessCollector):
+    """prometheus_client's collector, skipping files a booting worker has created but not sized.
+
+    A worker creates its file empty and sizes it a moment later; reading it in between
+    raises struct.error (prometheus/client_python#1199), and a worker killed in between
+    leaves it empty for good. Either way /metrics and /api/health/db must still answer.
+    """
+
+    def collect(self):
+        """Merge every non-empty .db file of the shared folder."""
+        files = []
+        for path in glob.glob(os.path.join(self._path, "*.db")):
+            try:
+                if os.path.getsize(path) > 0:
+                    files.append(path)
+            except OSError:  # removed meanwhile (a dead worker's live gauges)
+                pass
+        return self.merge(files, accumulate=True)
+
+
 def _registry() -> CollectorRegistry:
     if multiprocess_dir() is None:
         return REGISTRY
     registry = CollectorRegistry()
-    multiprocess.MultiProcessCollector(registry)
+    _MultiProcessCollector(registry)
     return registry
 
 
