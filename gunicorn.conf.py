@@ -107,8 +107,11 @@ control_socket_disable = True
 #
 #   on_starting - refuse a thread count the pool cannot serve; empty the metrics folder
 #                 (values of an earlier run, or of this master's imports).
-#   post_fork - each worker creates its own pool after the fork (a pool is never shared
-#               across processes); the first worker also checks the connection budget.
+#   post_worker_init - each worker creates its own pool after the fork (a pool is never
+#               shared across processes), once the app is loaded and the worker's own
+#               signal handlers are set: until then it has the master's, and a SIGTERM
+#               arriving during a long post_fork was lost. The first worker also checks
+#               the connection budget.
 #   worker_exit - close the worker's pool, so no backend outlives it.
 #   child_exit - forget a dead worker's live gauges (runs in the master).
 #   on_exit - remove the metrics folder if this file made it.
@@ -126,11 +129,11 @@ def on_starting(server):
         path.unlink()
 
 
-def post_fork(server, worker):
-    """Create this worker's pool, now that it runs in its own process."""
+def post_worker_init(worker):
+    """Create this worker's pool, now that it runs in its own process with its app loaded."""
     from apps.api.app.models import database
 
-    app = worker.app.wsgi()
+    app = worker.wsgi
     database.open_pool(app)
     if worker.age == 1:
         try:

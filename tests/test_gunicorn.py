@@ -33,21 +33,28 @@ def _get(port: int, path: str, token: str | None = HEALTH_TOKEN) -> tuple[int, d
         conn.close()
 
 
-def _wait_until_up(process: subprocess.Popen, port: int, timeout: float = 30) -> None:
+def _wait_until_up(process: subprocess.Popen, port: int, log_path: str, workers: int, timeout: float = 30) -> None:
+    # Up means every worker has opened its pool (post_worker_init, after its signal
+    # handlers exist) and the port answers: a test that starts its load earlier races the
+    # second worker's boot, and a SIGTERM sent during a boot can be missed by that worker.
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if process.poll() is not None:
             raise AssertionError(f"gunicorn exited early with {process.returncode}")
-        try:
-            if _get(port, "/api/health", token=None)[0] == 200:
-                return
-        except OSError:
-            time.sleep(0.1)
-    raise AssertionError("gunicorn did not answer in time")
+        with open(log_path) as log:
+            booted = log.read().count(" opened in pid ")
+        if booted >= workers:
+            try:
+                if _get(port, "/api/health", token=None)[0] == 200:
+                    return
+            except OSError:
+                pass
+        time.sleep(0.05)
+    raise AssertionError("gunicorn's workers did not all come up in time")
 
 
 def start_gunicorn(database_url: str, **overrides: object) -> tuple[subprocess.Popen, int]:
-    """Start gunicorn -c gunicorn.conf.py on a free port; the caller stops it with stop_gunicorn."""
+    """Start gunicorn -c gunicorn.conf.py on a free port and wait for every worker; stop it with stop_gunicorn."""
     port = free_port()
     defaults = {
         "PORT": port,
@@ -56,9 +63,10 @@ def start_gunicorn(database_url: str, **overrides: object) -> tuple[subprocess.P
         "DB_POOL_MAX_CONNECTIONS": 4,
         "LOG_LEVEL": "info",
     }
-    env = {**os.environ, **app_config(database_url, **{**defaults, **overrides})}
+    settings = app_config(database_url, **{**defaults, **overrides})
+    env = {**os.environ, **settings}
     # A file, not a pipe: nobody reads a pipe while the test runs, and a full one blocks the workers.
-    log = tempfile.TemporaryFile("w+")  # noqa: SIM115 (closed by stop_gunicorn)
+    log = tempfile.NamedTemporaryFile("w+", prefix="gunicorn-", suffix=".log")  # noqa: SIM115 (closed by stop_gunicorn)
     process = subprocess.Popen(
         [sys.executable, "-m", "gunicorn", "-c", "gunicorn.conf.py", "apps.api.wsgi:app"],
         cwd=ROOT,
@@ -69,7 +77,7 @@ def start_gunicorn(database_url: str, **overrides: object) -> tuple[subprocess.P
     )
     process.log = log  # type: ignore[attr-defined]
     try:
-        _wait_until_up(process, port)
+        _wait_until_up(process, port, log.name, int(settings["WEB_CONCURRENCY"]))
     except BaseException:
         stop_gunicorn(process)
         raise

@@ -198,7 +198,7 @@ def get_pool() -> ConnectionPool:
 
 
 def open_pool(app: Flask) -> ConnectionPool:
-    """Create this process's pool now (gunicorn's post_fork) instead of on the first request."""
+    """Create this process's pool now (gunicorn's post_worker_init) instead of on the first request."""
     return _database(app).pool()
 
 
