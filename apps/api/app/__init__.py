@@ -7,7 +7,7 @@ from collections.abc import Mapping
 from flask import Flask
 from flask_openapi3 import OpenAPI
 
-from . import auth, cli, errors, logs, openapi
+from . import auth, cli, errors, logs, openapi, ratelimit, security
 from .config import load_settings, settings_as_flask_config
 from .models import database
 from .routes import auth as auth_routes
@@ -19,7 +19,7 @@ def create_app(config: Mapping[str, str] | None = None) -> Flask:
     """Build the app; `config` overrides settings by env var name (tests and tools).
 
     Raises ConfigError with a sentence when a setting is bad. Opens no connection: each
-    process creates its pool after fork (gunicorn's post_fork) or on first use.
+    process creates its pool after fork (gunicorn's post_worker_init) or on first use.
     """
     settings = load_settings(config)
     logs.configure_logging(settings.log_format, settings.log_level)
@@ -33,11 +33,13 @@ def create_app(config: Mapping[str, str] | None = None) -> Flask:
     database.init_app(app, settings)
     errors.register_error_handlers(app)
     logs.init_app(app, settings.log_format)
+    security.init_app(app, settings)
     app.register_blueprint(health.bp)
     app.register_blueprint(metrics.bp)
     auth.init_app(app)
     for domain in (auth_routes, customers, products, rentals, dashboard):
         app.register_api(domain.bp)
+    ratelimit.init_app(app, auth_routes.bp.name)
     app.register_blueprint(openapi.bp)
     cli.register(app)
     return app

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import os
+import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, fields
 from pathlib import Path
@@ -61,6 +62,13 @@ class Settings:
     max_content_length: int
     token_ttl_seconds: int
     dashboard_cache_seconds: float
+    login_max_failures_per_account: int
+    login_max_failures_per_address: int
+    login_failure_window_seconds: int
+    trusted_proxies: int
+    cors_origins: tuple[str, ...]
+    cors_allow_credentials: bool
+    hsts_max_age: int
 
     @property
     def max_server_connections_needed(self) -> int:
@@ -111,6 +119,13 @@ _DEFAULTS: dict[str, str] = {
     "MAX_CONTENT_LENGTH": str(1024 * 1024),
     "TOKEN_TTL_SECONDS": "3600",
     "DASHBOARD_CACHE_SECONDS": "5",
+    "LOGIN_MAX_FAILURES_PER_ACCOUNT": "5",
+    "LOGIN_MAX_FAILURES_PER_ADDRESS": "50",
+    "LOGIN_FAILURE_WINDOW_SECONDS": "900",
+    "TRUSTED_PROXIES": "0",
+    "CORS_ORIGINS": "",
+    "CORS_ALLOW_CREDENTIALS": "false",
+    "HSTS_MAX_AGE": "0",
 }
 
 
@@ -143,6 +158,29 @@ def _number(name: str, raw: str, *, positive: bool = True) -> float:
     if value < 0:
         raise ConfigError(f"{name} must be 0 or more, got {raw!r}.")
     return value
+
+
+def _boolean(name: str, raw: str) -> bool:
+    value = raw.strip().lower()
+    if value not in ("true", "false", "1", "0", "yes", "no"):
+        raise ConfigError(f"{name} must be true or false, got {raw!r}.")
+    return value in ("true", "1", "yes")
+
+
+_ORIGIN = re.compile(r"^https?://[A-Za-z0-9.-]+(:[0-9]{1,5})?$")
+
+
+def _origins(name: str, raw: str) -> tuple[str, ...]:
+    origins = tuple(origin.strip().rstrip("/") for origin in raw.split(",") if origin.strip())
+    for origin in origins:
+        if origin != "*" and not _ORIGIN.match(origin):
+            raise ConfigError(
+                f"{name} lists {origin!r}, which is not an origin; use scheme://host[:port] without a path, "
+                "comma-separated (or * for any origin, without credentials)."
+            )
+    if "*" in origins and len(origins) > 1:
+        raise ConfigError(f"{name} is * or a list of origins, not both.")
+    return origins
 
 
 def _choice(name: str, raw: str, choices: tuple[str, ...]) -> str:
@@ -206,6 +244,19 @@ def load_settings(overrides: Mapping[str, str] | None = None, environ: Mapping[s
         max_content_length=_integer("MAX_CONTENT_LENGTH", get("MAX_CONTENT_LENGTH"), minimum=1),
         token_ttl_seconds=_integer("TOKEN_TTL_SECONDS", get("TOKEN_TTL_SECONDS"), minimum=60),
         dashboard_cache_seconds=_number("DASHBOARD_CACHE_SECONDS", get("DASHBOARD_CACHE_SECONDS"), positive=False),
+        login_max_failures_per_account=_integer(
+            "LOGIN_MAX_FAILURES_PER_ACCOUNT", get("LOGIN_MAX_FAILURES_PER_ACCOUNT"), minimum=1
+        ),
+        login_max_failures_per_address=_integer(
+            "LOGIN_MAX_FAILURES_PER_ADDRESS", get("LOGIN_MAX_FAILURES_PER_ADDRESS"), minimum=1
+        ),
+        login_failure_window_seconds=_integer(
+            "LOGIN_FAILURE_WINDOW_SECONDS", get("LOGIN_FAILURE_WINDOW_SECONDS"), minimum=1
+        ),
+        trusted_proxies=_integer("TRUSTED_PROXIES", get("TRUSTED_PROXIES"), minimum=0),
+        cors_origins=_origins("CORS_ORIGINS", get("CORS_ORIGINS")),
+        cors_allow_credentials=_boolean("CORS_ALLOW_CREDENTIALS", get("CORS_ALLOW_CREDENTIALS")),
+        hsts_max_age=_integer("HSTS_MAX_AGE", get("HSTS_MAX_AGE"), minimum=0),
     )
     _check(settings)
     return settings
@@ -221,6 +272,11 @@ def _check(s: Settings) -> None:
         raise ConfigError(f"DB_POOL_WARN_THRESHOLD is a fraction of the pool (0 to 1), got {s.db_pool_warn_threshold}.")
     if s.port > 65535:
         raise ConfigError(f"PORT must be a TCP port (1 to 65535), got {s.port}.")
+    if s.cors_allow_credentials and "*" in s.cors_origins:
+        raise ConfigError(
+            "CORS_ALLOW_CREDENTIALS=true with CORS_ORIGINS=* would let any site send credentialed requests; "
+            "list the allowed origins instead."
+        )
     if not s.database_url:
         raise ConfigError("DATABASE_URL is not set; set it to postgresql://user:password@host:5432/dbname.")
     if not s.database_url.startswith(("postgresql://", "postgres://")):

@@ -32,6 +32,7 @@ SECURITY_SCHEMES = {
 }
 BEARER = [{"bearer": []}]
 ERROR_RESPONSES = {400: ErrorOut, 401: ErrorOut, 403: ErrorOut, 503: ErrorOut}
+ERROR_SCHEMA = "#/components/schemas/ErrorOut"
 # pydantic's words for the commonest errors, in ours.
 _MESSAGES = {"missing": "field required", "extra_forbidden": "unknown field"}
 
@@ -71,24 +72,25 @@ def api_blueprint(name: str, import_name: str, url_prefix: str, *, secured: bool
     )
 
 
-def _body_problem() -> str | None:
-    """Return why the request body is not a JSON document, or None when it is one."""
+def _body_problem() -> tuple[int, str, str] | None:
+    """Return (status, code, sentence) when the request body is not a JSON document, else None."""
     if not request.get_data(cache=True):
-        return "the request needs a JSON body"
+        return 400, "invalid_json", "the request needs a JSON body"
     if not request.is_json:
-        return "send the body as JSON with Content-Type: application/json"
+        return 415, "unsupported_media_type", "send the body as JSON with Content-Type: application/json"
     if request.get_json(silent=True) is None:
-        return "the body is not valid JSON"
+        return 400, "invalid_json", "the body is not valid JSON"
     return None
 
 
 def validation_error_response(exc: pydantic.ValidationError) -> Response:
-    """Turn a failed request validation into our 400 reply, with messages per field."""
+    """Turn a failed request validation into our reply: 400 with messages per field (415 for a non-JSON body)."""
     part = REQUEST_PARTS.get(exc.title, "body")
     if part == "body":
         problem = _body_problem()
         if problem is not None:
-            return error_response(400, "invalid_json", problem, {"body": [problem]})
+            status, code, message = problem
+            return error_response(status, code, message, {"body": [message]})
     details: dict[str, list[str]] = {}
     for error in exc.errors(include_url=False, include_context=False, include_input=False):
         field = ".".join(str(step) for step in error["loc"]) or part
@@ -117,10 +119,25 @@ def _undocumented_operations(app: Flask, documented: dict[str, Any]) -> dict[str
             if getattr(view, "health_token_required", False):
                 operation["security"] = BEARER
                 operation["description"] = "Bearer HEALTH_API_TOKEN, or an admin user's token."
-                operation["responses"]["401"] = {"description": "Unauthorized"}
-                operation["responses"]["403"] = {"description": "Forbidden"}
+                operation["responses"]["401"] = _error_reply("Unauthorized")
+                operation["responses"]["403"] = _error_reply("Forbidden")
+            if path.startswith("/api/health/db"):
+                operation["responses"]["503"] = {"description": "The database cannot be reached"}
             paths.setdefault(path, {})[method.lower()] = operation
     return paths
+
+
+def _error_reply(description: str) -> dict[str, Any]:
+    return {"description": description, "content": {"application/json": {"schema": {"$ref": ERROR_SCHEMA}}}}
+
+
+def _declare_body_errors(paths: dict[str, Any]) -> None:
+    """Add the replies every operation with a JSON body may give before its view runs: 413 and 415."""
+    for operations in paths.values():
+        for operation in operations.values():
+            if "requestBody" in operation:
+                operation["responses"].setdefault("413", _error_reply("The body is larger than MAX_CONTENT_LENGTH"))
+                operation["responses"].setdefault("415", _error_reply("The body is not sent as application/json"))
 
 
 @bp.get("/api/openapi.json")
@@ -130,5 +147,6 @@ def openapi_json():
     if doc is None:
         doc = copy.deepcopy(current_app.api_doc)  # type: ignore[attr-defined]
         doc["paths"].update(_undocumented_operations(current_app, doc["paths"]))
+        _declare_body_errors(doc["paths"])
         current_app.extensions[EXTENSION] = doc
     return doc

@@ -44,10 +44,14 @@ def decode_cursor(kind: str, cursor: str | None, types: Sequence[type]) -> list[
         ) from None
 
 
+# A cursor's ids go to PostgreSQL as bigint: anything outside would fail there, not here.
+_BIGINT_MIN, _BIGINT_MAX = -(2**63), 2**63 - 1
+
+
 def _convert(value: Any, type_: type) -> Any:
     if type_ is int:
-        if type(value) is not int:
-            raise TypeError("expected an integer")
+        if type(value) is not int or not _BIGINT_MIN <= value <= _BIGINT_MAX:
+            raise TypeError("expected a 64-bit integer")
         return value
     if type_ is datetime.date:
         return datetime.date.fromisoformat(value)

@@ -14,6 +14,7 @@ import re
 from collections.abc import Callable
 from typing import Annotated, Any, ClassVar, Literal
 
+from flask import has_request_context, request
 from pydantic import (
     AfterValidator,
     BaseModel,
@@ -56,14 +57,25 @@ def _matches(pattern: str, message: str) -> Callable[[str], str]:
     return check
 
 
+def _no_nul(value: str) -> str:
+    """Refuse text with a NUL character, which PostgreSQL cannot store in text."""
+    if "\x00" in value:
+        raise ValueError("must not contain NUL characters (\\u0000)")
+    return value
+
+
+# Text that goes into a text column or a query parameter; the pattern documents the rule.
+NoNul = (AfterValidator(_no_nul), Field(json_schema_extra={"pattern": "^[^\\x00]*$"}))
+
 ISODate = Annotated[datetime.date, BeforeValidator(_iso_date)]
 Id = Annotated[StrictInt, Field(ge=1, le=MAX_ID)]
 # An id in a URL or a query string: text by nature, so parsed.
 UrlId = Annotated[int, Field(ge=1, le=MAX_ID)]
-FullName = Annotated[StrictStr, StringConstraints(strip_whitespace=True, min_length=1, max_length=200)]
+FullName = Annotated[StrictStr, StringConstraints(strip_whitespace=True, min_length=1, max_length=200), *NoNul]
 Email = Annotated[
     StrictStr,
     StringConstraints(strip_whitespace=True, min_length=3, max_length=254),
+    AfterValidator(_no_nul),
     AfterValidator(_matches(r"^[^@\s]+@[^@\s]+\.[^@\s]+$", "not an email address")),
     Field(json_schema_extra={"format": "email"}),
 ]
@@ -72,18 +84,18 @@ Phone = Annotated[
     StringConstraints(strip_whitespace=True, min_length=1, max_length=40),
     AfterValidator(_matches(r"^[0-9+(). -]+$", "use digits, spaces and + ( ) . - only")),
 ]
-Notes = Annotated[StrictStr, StringConstraints(max_length=2000)]
+Notes = Annotated[StrictStr, StringConstraints(max_length=2000), *NoNul]
 Sku = Annotated[
     StrictStr,
     StringConstraints(strip_whitespace=True, min_length=1, max_length=64),
     AfterValidator(_matches(r"^[A-Za-z0-9][A-Za-z0-9._-]*$", "use letters, digits and . _ - only")),
 ]
-ProductName = Annotated[StrictStr, StringConstraints(strip_whitespace=True, min_length=1, max_length=200)]
-Category = Annotated[StrictStr, StringConstraints(strip_whitespace=True, min_length=1, max_length=64)]
+ProductName = Annotated[StrictStr, StringConstraints(strip_whitespace=True, min_length=1, max_length=200), *NoNul]
+Category = Annotated[StrictStr, StringConstraints(strip_whitespace=True, min_length=1, max_length=64), *NoNul]
 RateCents = Annotated[StrictInt, Field(gt=0, le=100_000_000, description="daily rate in cents")]
 DepositCents = Annotated[StrictInt, Field(ge=0, le=1_000_000_000, description="deposit in cents")]
 Status = Literal["reserved", "active", "returned", "cancelled"]
-Search = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=100)]
+Search = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=100), *NoNul]
 Limit = Annotated[int, Field(ge=1, le=100, description="items per page, at most 100")]
 Cursor = Annotated[str, Field(max_length=500, description="next_cursor of the previous page")]
 
@@ -120,6 +132,17 @@ class QueryModel(_RequestModel):
 
     model_config = ConfigDict(extra="forbid")
     part: ClassVar[str] = "query"
+
+    @model_validator(mode="before")
+    @classmethod
+    def _each_parameter_once(cls, data: Any) -> Any:
+        # flask-openapi3 keeps the first of repeated parameters; a second value is refused
+        # rather than ignored, as an unknown parameter is.
+        if has_request_context():
+            repeated = [name for name, values in request.args.lists() if len(values) > 1]
+            if repeated:
+                raise ValueError(f"send each parameter once: {', '.join(repeated)}")
+        return data
 
     @classmethod
     def model_json_schema(cls, *args: Any, **kwargs: Any) -> dict[str, Any]:
@@ -292,7 +315,7 @@ class DashboardOut(BaseModel):
 class LoginBody(BodyModel):
     """Credentials of a staff account."""
 
-    email: Annotated[StrictStr, StringConstraints(strip_whitespace=True, min_length=3, max_length=254)]
+    email: Annotated[StrictStr, StringConstraints(strip_whitespace=True, min_length=3, max_length=254), *NoNul]
     password: Annotated[StrictStr, StringConstraints(min_length=1, max_length=1024)]
 
 
@@ -307,6 +330,8 @@ class CustomerCreate(BodyModel):
 
 class CustomerUpdate(BodyModel):
     """The fields to change; email, phone and notes may be set to null."""
+
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"minProperties": 1})
 
     full_name: FullName = None  # type: ignore[assignment]  # absent: unchanged; null: refused
     email: Email | None = None
@@ -343,6 +368,8 @@ class ProductCreate(BodyModel):
 
 class ProductUpdate(BodyModel):
     """The fields to change."""
+
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"minProperties": 1})
 
     sku: Sku = None  # type: ignore[assignment]
     name: ProductName = None  # type: ignore[assignment]
@@ -382,6 +409,13 @@ class ProductQuery(QueryModel):
 
 class RentalCreate(BodyModel):
     """A booking of a product by a customer over [start_date, end_date)."""
+
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "examples": [{"customer_id": 1, "product_id": 1, "start_date": "2031-01-01", "end_date": "2031-01-04"}]
+        },
+    )
 
     customer_id: Id
     product_id: Id
