@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test lint format clean bench bench-profile
+.PHONY: run test lint format clean bench bench-profile chaos fuzz
 
 $(STAMP): requirements.txt requirements-dev.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -36,6 +36,22 @@ bench: $(BENCH_STAMP)
 ## bench-profile: py-spy profile of the API's hot path under load, writes bench/PROFILE.md
 bench-profile: $(BENCH_STAMP)
 	$(BIN)/python -m bench.profile
+
+## chaos: the fault tests of tests/test_chaos.py at length (database restarts, killed backends,
+##        overload, slow queries, lock waits, SIGTERM, leaks; ~2.5 min), figures to docs/chaos-results.json.
+##        make test runs the same tests once, briefly. CHAOS_SCALE=1 make chaos: the brief form.
+CHAOS_SCALE ?= 5
+chaos: $(STAMP)
+	CHAOS_SCALE=$(CHAOS_SCALE) CHAOS_REPORT=docs/chaos-results.json $(BIN)/python -m pytest -v tests/test_chaos.py
+
+## fuzz: schemathesis on every operation of /api/openapi.json at length (FUZZ_EXAMPLES per
+##       operation, FUZZ_STATEFUL_RUNS linked call sequences; ~1.5 min), figures to docs/fuzz-results.json.
+##       make test runs the same test with 30 examples per operation and 20 sequences.
+FUZZ_EXAMPLES ?= 500
+FUZZ_STATEFUL_RUNS ?= 300
+fuzz: $(STAMP)
+	FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) FUZZ_STATEFUL_RUNS=$(FUZZ_STATEFUL_RUNS) FUZZ_REPORT=docs/fuzz-results.json \
+		$(BIN)/python -m pytest -v tests/test_fuzz.py
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
