@@ -37,6 +37,14 @@ logger = logging.getLogger("gunicorn.error")
 bind = f"{_settings.bind_host}:{_settings.port}"
 backlog = 2048
 
+#   reuse_port - each worker listens on its own SO_REUSEPORT socket and the kernel spreads
+#                new connections evenly over them. With one shared socket, workers race to
+#                accept, and long-lived keep-alive clients often all land on one worker
+#                (measured: the same point at 2,100 or 5,900 req/s depending on the draw),
+#                leaving the other worker's core idle. The cost: connections still queued
+#                on a worker that dies are reset, as on any crash.
+reuse_port = True
+
 # Worker processes
 #
 #   workers - WEB_CONCURRENCY processes, each with its own connection pool; 2 to 4 per
