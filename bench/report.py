@@ -500,6 +500,18 @@ def _setup_x(ax, res: Results) -> None:
     ax.grid(True, which="both", alpha=0.3)
 
 
+def _label_throughput_and_p99(fig: Any, left: Any, right: Any) -> None:
+    """Title, label and share one legend for a throughput (left) and p99 (right) pair of axes."""
+    left.set_ylabel("requests per second (higher is better)")
+    left.set_ylim(bottom=0)
+    right.set_ylabel("p99 latency, ms (log scale; lower is better)")
+    _log_y(right)
+    left.set_title("Throughput")
+    right.set_title("p99 latency")
+    handles, labels = left.get_legend_handles_labels()
+    fig.legend(handles, labels, loc="lower center", bbox_to_anchor=(0.5, 0.03), ncol=4, fontsize=9, frameon=False)
+
+
 def _log_y(ax) -> None:
     from matplotlib.ticker import FuncFormatter
 
@@ -520,14 +532,7 @@ def plot_customer(res: Results, path: Path) -> None:
     _plot_lines(right, res, "customer", "p99_ms", apps)
     _setup_x(left, res)
     _setup_x(right, res)
-    left.set_ylabel("requests per second (higher is better)")
-    left.set_ylim(bottom=0)
-    right.set_ylabel("p99 latency, ms (log scale; lower is better)")
-    _log_y(right)
-    left.set_title("Throughput")
-    right.set_title("p99 latency")
-    handles, labels = left.get_legend_handles_labels()
-    fig.legend(handles, labels, loc="lower center", bbox_to_anchor=(0.5, 0.03), ncol=4, fontsize=9, frameon=False)
+    _label_throughput_and_p99(fig, left, right)
     hello = summary(res.paired("customer", "api", "hello"))
     null = summary(res.paired("customer", "api", "api-null"))
     headline = "GET /api/customers/<id>"
@@ -620,14 +625,7 @@ def plot_endpoints(res: Results, path: Path) -> None:
                         ax.plot([c], [y], "x", color="red", markersize=12, markeredgewidth=3)
     for ax in (left, right):
         _setup_x(ax, res)
-    left.set_ylabel("requests per second (higher is better)")
-    left.set_ylim(bottom=0)
-    right.set_ylabel("p99 latency, ms (log scale; lower is better)")
-    _log_y(right)
-    left.set_title("Throughput")
-    right.set_title("p99 latency")
-    handles, labels = left.get_legend_handles_labels()
-    fig.legend(handles, labels, loc="lower center", bbox_to_anchor=(0.5, 0.03), ncol=4, fontsize=9, frameon=False)
+    _label_throughput_and_p99(fig, left, right)
     fig.suptitle(
         "Rentals API endpoints, pool mode (solid) and DB_POOL_MODE=null (dashed)\n"
         "red x: non-2xx replies other than 409, or socket errors",
