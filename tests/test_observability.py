@@ -12,7 +12,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from tests.conftest import HEALTH_TOKEN
+from tests.conftest import HEALTH_TOKEN, bearer
 from tests.test_gunicorn import start_gunicorn, stop_gunicorn
 
 pytestmark = pytest.mark.slow
@@ -165,3 +165,23 @@ def test_json_log_lines_parse_and_carry_no_secret(database_url):
     password = database_url.split(":")[2].split("@")[0]
     for secret in (HEALTH_TOKEN, "wrong-token-value", password):
         assert secret not in output
+
+
+def test_request_lines_name_the_authenticated_user_and_the_pool_wait(make_app, admin_user, capfd):
+    app = make_app(LOG_FORMAT="json", LOG_LEVEL="info")
+    client = app.test_client()
+    headers = bearer(app, admin_user)
+    capfd.readouterr()
+    assert client.get("/api/customers", headers=headers).status_code == 200
+    assert client.get("/api/customers", headers={"Authorization": "Bearer not-a-token"}).status_code == 401
+    assert client.get("/no/such/page", headers=headers).status_code == 404
+    records = [json.loads(line) for line in capfd.readouterr().err.splitlines() if line.startswith("{")]
+    lines = [r for r in records if r.get("logger") == "apps.api.request"]
+    assert [(r["path"], r["status"], r["user_id"]) for r in lines] == [
+        ("/api/customers", 200, admin_user["id"]),
+        ("/api/customers", 401, None),
+        ("/no/such/page", 404, None),
+    ]
+    assert lines[0]["pool_wait_ms"] > 0 and lines[0]["duration_ms"] >= lines[0]["pool_wait_ms"]
+    assert lines[1]["pool_wait_ms"] == 0
+    assert len({r["request_id"] for r in lines}) == 3

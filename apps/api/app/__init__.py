@@ -7,7 +7,7 @@ from collections.abc import Mapping
 from flask import Flask
 from flask_openapi3 import OpenAPI
 
-from . import auth, cli, errors, logs, openapi, ratelimit, security
+from . import auth, cli, errors, logs, middleware, openapi, ratelimit, security
 from .config import load_settings, settings_as_flask_config
 from .models import database
 from .routes import auth as auth_routes
@@ -32,8 +32,8 @@ def create_app(config: Mapping[str, str] | None = None) -> Flask:
     app.config.update(settings_as_flask_config(settings))
     database.init_app(app, settings)
     errors.register_error_handlers(app)
-    logs.init_app(app, settings.log_format)
     security.init_app(app, settings)
+    middleware.init_app(app, settings)
     app.register_blueprint(health.bp)
     app.register_blueprint(metrics.bp)
     auth.init_app(app)

@@ -26,6 +26,7 @@ from itsdangerous import BadData, SignatureExpired, URLSafeTimedSerializer
 from werkzeug.security import check_password_hash, generate_password_hash
 
 from .errors import Forbidden, Unauthorized
+from .middleware import request_state
 from .models import users
 
 F = TypeVar("F", bound=Callable)
@@ -209,6 +210,9 @@ def current_user() -> CurrentUser:
     if not active or role is None:
         raise Unauthorized("this account is deactivated or no longer exists", code="account_disabled")
     user = g.current_user = CurrentUser(user_id, role)
+    state = request_state()
+    if state is not None:
+        state.user_id = user_id  # for the request line
     return user
 
 

@@ -11,23 +11,21 @@ import contextlib
 import logging
 import logging.config
 import os
-import re
 import sys
+import threading
 import time
-import uuid
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
-from flask import Flask, Response, g, request
 from pythonjsonlogger.orjson import OrjsonFormatter
 
-from . import metrics
+if TYPE_CHECKING:
+    from .middleware import RequestState
 
 request_logger = logging.getLogger("apps.api.request")
 
 JSON_FIELDS = "%(asctime)s %(levelname)s %(name)s %(process)d %(message)s"
 TEXT_FORMAT = "%(asctime)s %(levelname)s [%(process)d] %(name)s: %(message)s"
-_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 
 
 def json_formatter() -> logging.Formatter:
@@ -68,15 +66,24 @@ def configure_logging(log_format: str, level: str) -> None:
     logging.config.dictConfig(logging_config(log_format, level))
 
 
-def _start_request() -> None:
-    g.request_started = time.perf_counter()
-    incoming = request.headers.get("X-Request-ID", "")
-    g.request_id = incoming if _REQUEST_ID.match(incoming) else uuid.uuid4().hex
+class _Clock:
+    """Formats times like logging's %(asctime)s, so request lines sort with the others.
 
+    strftime and localtime cost about a microsecond; the second-resolution part changes
+    once a second, so it is kept per thread and only the milliseconds are formatted.
+    """
 
-def _asctime(now: float) -> str:
-    # The same shape as logging's %(asctime)s, so request lines sort with the others.
-    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(now)) + f",{int(now % 1 * 1000):03d}"
+    def __init__(self) -> None:
+        self._local = threading.local()
+
+    def asctime(self, now: float) -> str:
+        """Return `now` as 'YYYY-MM-DD HH:MM:SS,mmm' in local time."""
+        second = int(now)
+        local = self._local
+        if getattr(local, "second", None) != second:
+            local.second = second
+            local.prefix = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(second))
+        return f"{local.prefix},{int(now % 1 * 1000):03d}"
 
 
 class RequestLog:
@@ -92,31 +99,21 @@ class RequestLog:
     def __init__(self, log_format: str) -> None:
         self.json = log_format == "json"
         self.fd = sys.stderr.fileno()
+        self.clock = _Clock()
 
-    def __call__(self, response: Response) -> Response:
-        """Record the request's metric and write its line (an after_request hook)."""
-        started = g.get("request_started")
-        if started is None:  # the request failed before our first hook ran
-            return response
-        duration = time.perf_counter() - started
-        method, status = request.method, response.status_code
-        metrics.REQUEST_DURATION.labels(method, request.endpoint or "unmatched", str(status)).observe(duration)
-        request_id = g.request_id
-        response.headers["X-Request-ID"] = request_id
-        if request_logger.isEnabledFor(logging.INFO):
-            self.write(method, request.path, status, duration, g.get("pool_wait_seconds", 0.0), request_id)
-        return response
-
-    def write(self, method: str, path: str, status: int, duration: float, pool_wait: float, request_id: str) -> None:
-        """Write one request line."""
+    def __call__(self, state: RequestState, status: int, duration: float) -> None:
+        """Write the line of a finished request, if the apps logger's level lets INFO through."""
+        if not request_logger.isEnabledFor(logging.INFO):
+            return
         now = time.time()
-        took, waited = duration * 1000, pool_wait * 1000
+        took, waited = duration * 1000, state.pool_wait * 1000
+        method, path, request_id = state.method, state.path, state.request_id
         message = f"{method} {path} {status} {took:.1f}ms (pool wait {waited:.1f}ms, request {request_id})"
         if self.json:
             line = (
                 orjson.dumps(
                     {
-                        "time": _asctime(now),
+                        "time": self.clock.asctime(now),
                         "level": "INFO",
                         "logger": request_logger.name,
                         "process": os.getpid(),
@@ -127,19 +124,13 @@ class RequestLog:
                         "status": status,
                         "duration_ms": round(took, 3),
                         "pool_wait_ms": round(waited, 3),
-                        "user_id": g.get("user_id"),
+                        "user_id": state.user_id,
                     }
                 )
                 + b"\n"
             )
         else:
-            line = f"{_asctime(now)} INFO [{os.getpid()}] {request_logger.name}: {message}\n".encode()
+            line = f"{self.clock.asctime(now)} INFO [{os.getpid()}] {request_logger.name}: {message}\n".encode()
         # stderr closed or full: never fail the request for its log line.
         with contextlib.suppress(OSError):
             os.write(self.fd, line)
-
-
-def init_app(app: Flask, log_format: str) -> None:
-    """Give every request an id, a duration metric and one log line."""
-    app.before_request(_start_request)
-    app.after_request(RequestLog(log_format))

@@ -24,10 +24,11 @@ from typing import Any
 
 import psycopg2
 import psycopg2.errors
-from flask import Flask, current_app, g, has_request_context, request
+from flask import Flask, current_app
 
 from .. import metrics
 from ..config import Settings
+from ..middleware import request_state
 from .pool import (
     COUNTERS,
     ConnectionPool,
@@ -85,10 +86,9 @@ def _reset_after_fork() -> None:
 os.register_at_fork(after_in_child=_reset_after_fork)
 
 
-def _request_owner() -> str:
-    if has_request_context():
-        return f"{request.method} {request.path} (endpoint {request.endpoint})"
-    return f"thread {threading.current_thread().name}"
+def _request_owner() -> object:
+    # Formatted only if a leak is reported: the request (method, path, endpoint) or the thread.
+    return request_state() or f"thread {threading.current_thread().name}"
 
 
 class Database:
@@ -296,8 +296,9 @@ def _borrow(pool: ConnectionPool, timeout: float | None = None) -> PooledConnect
     conn = pool.getconn(timeout)
     waited = time.perf_counter() - started
     metrics.POOL_WAIT.observe(waited)
-    if has_request_context():
-        g.pool_wait_seconds = g.get("pool_wait_seconds", 0.0) + waited
+    state = request_state()
+    if state is not None:
+        state.pool_wait += waited
     return conn
 
 

@@ -130,8 +130,8 @@ class PooledConnection(psycopg2.extensions.connection):
 @dataclass
 class _Checkout:
     acquired_at: float
-    owner: str
-    thread: str
+    owner: object  # str() names the holder in a leak report
+    thread: threading.Thread
     leak_reported: bool = False
 
 
@@ -224,7 +224,7 @@ class ConnectionPool:
         leak_threshold: float = 30.0,
         retry_after: int = 2,
         null: bool = False,
-        owner: Callable[[], str] = _thread_name,
+        owner: Callable[[], object] = _thread_name,
         on_tick: Callable[[dict[str, object]], None] | None = None,
         name: str = "pool",
         **connect_kwargs: object,
@@ -492,7 +492,7 @@ class ConnectionPool:
         return True
 
     def _register(self, conn: PooledConnection) -> None:
-        checkout = _Checkout(time.monotonic(), self._owner(), threading.current_thread().name)
+        checkout = _Checkout(time.monotonic(), self._owner(), threading.current_thread())
         with self._cond:
             self._out[id(conn)] = checkout
 
@@ -526,7 +526,7 @@ class ConnectionPool:
             logger.warning(
                 "pool %s: connection held by %s came back after %.1f s",
                 self.name,
-                checkout.owner,
+                str(checkout.owner),
                 time.monotonic() - checkout.acquired_at,
             )
 
@@ -589,8 +589,8 @@ class ConnectionPool:
                 "pool %s: possible connection leak: held %.1f s by %s (thread %s)",
                 self.name,
                 now - checkout.acquired_at,
-                checkout.owner,
-                checkout.thread,
+                str(checkout.owner),
+                checkout.thread.name,
             )
 
     def _shrink(self) -> None:
