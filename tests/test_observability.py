@@ -11,13 +11,16 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
+from prometheus_client import Histogram
 
+from apps.api.app.metrics import BufferedHistogram
 from tests.conftest import HEALTH_TOKEN, bearer
 from tests.test_gunicorn import start_gunicorn, stop_gunicorn
 
 pytestmark = pytest.mark.slow
 
 AUTH = {"Authorization": f"Bearer {HEALTH_TOKEN}"}
+FLUSH_SECONDS = 1.5  # a worker's buffered histograms reach the shared files within about a second
 
 
 def request(port: int, path: str, headers: dict[str, str] | None = None) -> tuple[int, dict[str, str], bytes]:
@@ -76,9 +79,18 @@ def test_metrics_count_requests_from_both_workers(server):
     _, port, _ = server
     assert request(port, "/metrics")[0] == 401
     count = "rentals_http_request_duration_seconds_count"
-    before = metric_sum(request(port, "/metrics", AUTH)[2].decode(), count, endpoint="health.health")
+
+    def health_count() -> float:
+        return metric_sum(request(port, "/metrics", AUTH)[2].decode(), count, endpoint="health.health")
+
+    # Each worker adds its buffered observations about once a second (metrics.BufferedHistogram):
+    # wait for the start-up checks to land, then count 200 more.
+    before = health_count()
+    while wait_for(lambda seen=before: health_count() != seen, timeout=FLUSH_SECONDS):
+        before = health_count()
     pids = worker_pids(port, 200)
     assert len(pids) == 2, "the kernel sent every request to one worker; cannot test the sum"
+    assert wait_for(lambda: health_count() - before == 200, timeout=5), health_count() - before
     status, headers, body = request(port, "/metrics", AUTH)
     assert status == 200
     assert headers["Content-Type"].startswith("text/plain")
@@ -185,3 +197,29 @@ def test_request_lines_name_the_authenticated_user_and_the_pool_wait(make_app, a
     assert lines[0]["pool_wait_ms"] > 0 and lines[0]["duration_ms"] >= lines[0]["pool_wait_ms"]
     assert lines[1]["pool_wait_ms"] == 0
     assert len({r["request_id"] for r in lines}) == 3
+
+
+def test_buffered_histograms_match_direct_observations_after_a_flush():
+    buckets = (0.001, 0.01, 0.1)
+    direct = Histogram("direct_seconds", "d", ["op"], buckets=buckets, registry=None)
+    buffered_twin = Histogram("buffered_seconds", "b", ["op"], buckets=buckets, registry=None)
+    buffered = BufferedHistogram(buffered_twin)
+    values = [0.0, 0.0005, 0.001, 0.0011, 0.01, 0.05, 0.1, 0.2, 30.0]
+    for value in values:
+        direct.labels("read").observe(value)
+        buffered.observe(value, "read")
+    direct.labels("write").observe(0.002)
+    buffered.observe(0.002, "write")
+
+    def samples(histogram):
+        return {
+            (s.name.split("_seconds")[1], tuple(sorted(s.labels.items()))): s.value
+            for s in histogram.collect()[0].samples
+            if not s.name.endswith("_created")
+        }
+
+    assert all(v == 0 for v in samples(buffered_twin).values()), "nothing lands before a flush"
+    buffered.flush()
+    assert samples(buffered_twin) == samples(direct)
+    buffered.flush()  # a second flush adds nothing
+    assert samples(buffered_twin) == samples(direct)

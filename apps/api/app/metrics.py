@@ -14,6 +14,7 @@ from __future__ import annotations
 import glob
 import os
 import threading
+from bisect import bisect_left
 from collections import defaultdict
 from typing import Any
 
@@ -105,6 +106,105 @@ REQUEST_DURATION = Histogram(
 )
 
 
+class _Buffer:
+    """One histogram series' observations since its last flush."""
+
+    __slots__ = ("bounds", "counts", "series", "total")
+
+    def __init__(self, series: Histogram) -> None:
+        self.series = series
+        self.bounds = series._upper_bounds
+        self.counts = [0] * len(self.bounds)
+        self.total = 0.0
+
+
+class BufferedHistogram:
+    """Counts a histogram's observations in this process; flush() adds them to prometheus_client.
+
+    In multiprocess mode every Histogram.observe takes a lock and writes two values into
+    the worker's mmap'd file (its bucket and the sum), after a labels() lookup under
+    another lock: three per request cost ~12 us of a ~220 us request. Here an observation
+    is a bisect and two additions under one lock; flush_all() moves the counts into
+    prometheus_client, from the pool's maintenance thread about once a second and before
+    this process answers /metrics. Prometheus therefore sees another worker's last second
+    a second late; no observation is lost (a worker flushes when its pool closes).
+    """
+
+    def __init__(self, histogram: Histogram) -> None:
+        self._histogram = histogram
+        self._series: dict[tuple[str, ...], _Buffer] = {}
+        _BUFFERED.append(self)
+
+    def observe(self, value: float, *labels: str) -> None:
+        """Record one observation of the series named by `labels` (none for an unlabelled histogram)."""
+        buffer = self._series.get(labels)
+        if buffer is None:
+            buffer = self._add_series(labels)
+        index = bisect_left(buffer.bounds, value)  # the first bucket whose bound is >= value
+        with _BUFFER_LOCK:
+            buffer.counts[index] += 1
+            buffer.total += value
+
+    def _add_series(self, labels: tuple[str, ...]) -> _Buffer:
+        series = self._histogram.labels(*labels) if labels else self._histogram
+        with _BUFFER_LOCK:
+            return self._series.setdefault(labels, _Buffer(series))
+
+    def flush(self) -> None:
+        """Add every observation since the last flush to prometheus_client's values."""
+        pending = []
+        with _BUFFER_LOCK:
+            for buffer in self._series.values():
+                if buffer.total or any(buffer.counts):
+                    pending.append((buffer.series, buffer.counts, buffer.total))
+                    buffer.counts = [0] * len(buffer.bounds)
+                    buffer.total = 0.0
+        for series, counts, total in pending:
+            for index, count in enumerate(counts):
+                if count:
+                    series._buckets[index].inc(count)
+            series._sum.inc(total)
+
+
+_BUFFER_LOCK = threading.Lock()
+_BUFFERED: list[BufferedHistogram] = []
+
+
+def _reset_buffers_after_fork() -> None:
+    # The child starts with copies of the parent's pending counts, which the parent will
+    # flush itself, and with the lock as it was at the fork (maybe held, forever).
+    global _BUFFER_LOCK
+    _BUFFER_LOCK = threading.Lock()
+    for histogram in _BUFFERED:
+        for buffer in histogram._series.values():
+            buffer.counts = [0] * len(buffer.bounds)
+            buffer.total = 0.0
+
+
+os.register_at_fork(after_in_child=_reset_buffers_after_fork)
+
+
+def flush_all() -> None:
+    """Move every buffered observation of this process into prometheus_client."""
+    for histogram in _BUFFERED:
+        histogram.flush()
+
+
+def _check_histogram_internals() -> None:
+    # BufferedHistogram writes a histogram's per-bucket values the way Histogram.observe
+    # does (prometheus_client 0.26: _upper_bounds, _buckets, _sum); fail at import, not
+    # with wrong figures, if a new version keeps them differently.
+    probe = Histogram("rentals_probe_seconds", "probe", buckets=(1.0,), registry=None)
+    if not all(hasattr(probe, name) for name in ("_upper_bounds", "_buckets", "_sum")):
+        raise RuntimeError("prometheus_client's Histogram internals changed; BufferedHistogram needs updating")
+
+
+_check_histogram_internals()
+POOL_WAIT_BUFFER = BufferedHistogram(POOL_WAIT)
+QUERY_DURATION_BUFFER = BufferedHistogram(QUERY_DURATION)
+REQUEST_DURATION_BUFFER = BufferedHistogram(REQUEST_DURATION)
+
+
 def multiprocess_dir() -> str | None:
     """Return the folder the workers share their values in, or None in a single process."""
     return os.environ.get(MULTIPROCESS_DIR_VAR) or None
@@ -140,11 +240,13 @@ def _registry() -> CollectorRegistry:
 
 def exposition() -> tuple[bytes, str]:
     """Return the text exposition of every worker's metrics and its content type."""
+    flush_all()
     return generate_latest(_registry()), CONTENT_TYPE_LATEST
 
 
 class PoolPublisher:
-    """Copies one pool's stats into the gauges and counters; safe to call from any thread."""
+    """Copies one pool's stats into the gauges and counters, and flushes the buffered
+    histograms; the pool's maintenance thread calls it about once a second."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
@@ -152,6 +254,7 @@ class PoolPublisher:
 
     def __call__(self, stats: dict[str, Any]) -> None:
         """Publish a stats snapshot of this process's pool."""
+        flush_all()
         with self._lock:
             for key, state in _GAUGE_STATES.items():
                 POOL_WORKER_CONNECTIONS.labels(state).set(stats[key])

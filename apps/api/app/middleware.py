@@ -91,7 +91,7 @@ class RequestMiddleware:
             current_request.reset(token)
             duration = time.perf_counter() - started
             method = state.method if state.method in _METHODS else "OTHER"
-            metrics.REQUEST_DURATION.labels(method, state.endpoint, str(status[0])).observe(duration)
+            metrics.REQUEST_DURATION_BUFFER.observe(duration, method, state.endpoint, str(status[0]))
             self.log(state, status[0], duration)
 
 

@@ -203,8 +203,9 @@ def open_pool(app: Flask) -> ConnectionPool:
 
 
 def close_pool(app: Flask) -> None:
-    """Close this process's pool (gunicorn's worker_exit, tests)."""
+    """Close this process's pool (gunicorn's worker_exit, tests) and flush its buffered metrics."""
     _database(app).close()
+    metrics.flush_all()
 
 
 def pool_stats(app: Flask | None = None) -> dict[str, Any]:
@@ -286,16 +287,11 @@ def fetch_one(cur: psycopg2.extensions.cursor) -> dict[str, Any] | None:
     return dict(zip([column.name for column in cur.description], row, strict=False))
 
 
-_READ_SECONDS = metrics.QUERY_DURATION.labels("read")
-_WRITE_SECONDS = metrics.QUERY_DURATION.labels("write")
-_TRANSACTION_SECONDS = metrics.QUERY_DURATION.labels("transaction")
-
-
 def _borrow(pool: ConnectionPool, timeout: float | None = None) -> PooledConnection:
     started = time.perf_counter()
     conn = pool.getconn(timeout)
     waited = time.perf_counter() - started
-    metrics.POOL_WAIT.observe(waited)
+    metrics.POOL_WAIT_BUFFER.observe(waited)
     state = request_state()
     if state is not None:
         state.pool_wait += waited
@@ -312,7 +308,7 @@ def _read(sql: str, params: Params, one: bool, timeout: float | None) -> Any:
             with conn.cursor() as cur:
                 cur.execute(sql, params)
                 rows = fetch_one(cur) if one else fetch_all(cur)
-            _READ_SECONDS.observe(time.perf_counter() - started)
+            metrics.QUERY_DURATION_BUFFER.observe(time.perf_counter() - started, "read")
             return rows
         except (psycopg2.OperationalError, psycopg2.InterfaceError) as exc:
             lost = _connection_lost(conn, exc)
@@ -357,7 +353,7 @@ def execute_write(sql: str, params: Params = None) -> Any:
         with conn.cursor() as cur:
             cur.execute(sql, params)
             result = fetch_one(cur) if cur.description is not None else cur.rowcount
-        _WRITE_SECONDS.observe(time.perf_counter() - started)
+        metrics.QUERY_DURATION_BUFFER.observe(time.perf_counter() - started, "write")
         return result
     except (psycopg2.OperationalError, psycopg2.InterfaceError) as exc:
         lost = _connection_lost(conn, exc)
@@ -390,7 +386,7 @@ def transaction() -> Iterator[psycopg2.extensions.cursor]:
                 "the transaction failed inside the block (an error was caught there) and was rolled back"
             )
         conn.commit()
-        _TRANSACTION_SECONDS.observe(time.perf_counter() - started)
+        metrics.QUERY_DURATION_BUFFER.observe(time.perf_counter() - started, "transaction")
     except BaseException as exc:
         lost = _connection_lost(conn, exc)
         if not lost:
