@@ -83,6 +83,8 @@ class Point:
     conflicts_409: int = 0
     started_at: float = 0.0
     failed: str | None = None
+    # CPU microseconds per request while wrk ran: app (its gunicorn tree), database, load (wrk)
+    cpu_us: dict[str, float] = field(default_factory=dict)
 
     @property
     def socket_error_count(self) -> int:

@@ -305,6 +305,54 @@ def ratio_table(res: Results, scenario: str, reference: str) -> list[str]:
     return _table(header, rows)
 
 
+def cpu_section(res: Results, scenario: str = "customer") -> list[str]:
+    """Return where a request's CPU goes per app (its workers, PostgreSQL, wrk), medians over 16-256 connections."""
+    rows = []
+    for app in res.apps(scenario):
+        parts: dict[str, list[float]] = defaultdict(list)
+        rps = []
+        for c in res.connections:
+            if c < LOW_C:
+                continue
+            for point in res.series(scenario, app, c):
+                if point.get("cpu_us") and not point.get("failed"):
+                    for key in ("app", "database", "load"):
+                        parts[key].append(point["cpu_us"][key])
+                    parts["total"].append(sum(point["cpu_us"][key] for key in ("app", "database", "load")))
+                    rps.append(point["rps"])
+        if not parts:
+            continue
+        medians = {key: statistics.median(values) for key, values in parts.items()}
+        cores = res.meta["machine"]["nproc"]
+        rows.append(
+            [
+                _label(app),
+                f"{medians['app']:.0f}",
+                f"{medians['database']:.0f}",
+                f"{medians['load']:.0f}",
+                f"{medians['total']:.0f}",
+                f"{cores * 1e6 / medians['total']:,.0f}" if medians["total"] else "n/a",
+                f"{statistics.median(rps):,.0f}",
+            ]
+        )
+    if not rows:
+        return []
+    return [
+        f"## Where a request's CPU goes: {SCENARIO_LABELS[scenario]}",
+        "",
+        "CPU microseconds per request while wrk ran (user + system, from /proc via psutil): the app's gunicorn "
+        "processes, the PostgreSQL server (every backend, including ones that exited), and wrk. Medians over the "
+        "points from 16 to 256 connections. All three share the same cores, so the cores divided by the total is "
+        "the throughput the machine could give this app if nothing else ran and the cores never idled.",
+        "",
+        *_table(
+            ["App", "app us", "PostgreSQL us", "wrk us", "total us", "cores / total (req/s)", "measured req/s"],
+            rows,
+        ),
+        "",
+    ]
+
+
 def pool_stats_section(res: Results) -> list[str]:
     """Return the API's own pool counters after the load, per worker."""
     stats = res.data.get("pool_stats") or {}
@@ -684,6 +732,7 @@ def render(res: Results, images: list[str]) -> str:
         if "api-null" in res.apps(scenario):
             lines += ["Paired ratio to the API in null mode (req/s app / req/s null mode):", ""]
             lines += [*ratio_table(res, scenario, "api-null"), ""]
+    lines += cpu_section(res)
     lines += pool_stats_section(res)
     lines += ["## Profile of the hot path (py-spy)", "", render_profiles(res.data.get("profiles", [])), ""]
     # Hand-written: what earlier profiles removed and what it bought (figures measured then).

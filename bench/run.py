@@ -41,7 +41,7 @@ from urllib.parse import quote
 
 from apps.api.app.config import SETTING_NAMES
 
-from . import client, dataset, load, machine, procs, profile, report, servers
+from . import client, cpu, dataset, load, machine, procs, profile, report, servers
 from .settings import ALL_APPS, ALL_SCENARIOS, ROOT, BenchConfigError, BenchSettings, load_bench_settings
 
 logger = logging.getLogger("bench")
@@ -301,6 +301,8 @@ class Bench:
         per_point = s.duration + s.point_warmup + 0.6
         estimate = len(plan) * per_point + len(self.targets()) * s.warmup
         logger.info("%s points, about %.1f minutes", len(plan), estimate / 60)
+        assert self.data is not None
+        database_pid = cpu.postmaster_pid(self.data.server.data_dir)
         for seq, (round_no, connections, scenario, name) in enumerate(plan, start=1):
             running = self.running[name]
             point = load.Point(scenario, name, connections, round_no, seq)
@@ -318,7 +320,10 @@ class Bench:
                         timeout=s.timeout,
                         lua_env=point_env,
                     )
+                before = cpu.snapshot(running.process.pid, database_pid)
                 load.measure(self.wrk, running.url, point, duration=s.duration, timeout=s.timeout, lua_env=point_env)
+                after = cpu.snapshot(running.process.pid, database_pid)
+                point.cpu_us = cpu.per_request_us(before, after, point.requests)
             except RuntimeError as exc:
                 point.failed = str(exc)[:500]
                 logger.error("point %s failed: %s", seq, point.failed)
@@ -327,7 +332,7 @@ class Bench:
             self.results["points"].append(record)
             logger.info(
                 "[%3d/%d] round %s c=%-3s %-12s %-15s %8.0f req/s  p50 %7.1f ms  p99 %7.1f ms  non-2xx %s (409: %s)"
-                "  socket errors %s",
+                "  socket errors %s  cpu us/req %s",
                 seq,
                 len(plan),
                 round_no,
@@ -340,6 +345,7 @@ class Bench:
                 point.non_2xx,
                 point.conflicts_409,
                 point.socket_error_count,
+                point.cpu_us,
             )
             self.save()
 

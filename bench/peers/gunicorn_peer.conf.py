@@ -17,9 +17,12 @@ from gunicorn.config import KNOWN_SETTINGS
 _API_CONF = Path(__file__).resolve().parents[2] / "gunicorn.conf.py"
 _SKIPPED = {"bind", "workers", "threads", "worker_class", "proc_name"}
 _NAMES = {setting.name for setting in KNOWN_SETTINGS}
+# Settings whose value is a class, not a hook: the API's logger never builds the access
+# line it would drop, and a peer must not pay for one either.
+_CLASS_SETTINGS = {"logger_class"}
 
 for _name, _value in runpy.run_path(str(_API_CONF)).items():
-    if _name in _NAMES and _name not in _SKIPPED and not callable(_value):
+    if _name in _NAMES and _name not in _SKIPPED and (not callable(_value) or _name in _CLASS_SETTINGS):
         globals()[_name] = _value
 
 proc_name = "bench-peer"

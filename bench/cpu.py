@@ -1,0 +1,78 @@
+"""CPU time spent by the app under test, by PostgreSQL and by wrk during one measured point.
+
+On 2 shared cores throughput is bounded by CPU: the app's workers, the database server
+and the load generator compete for the same cores. Dividing each one's CPU seconds by
+the requests served shows where a request's cost goes, and what the ceiling is.
+"""
+
+from __future__ import annotations
+
+import resource
+from dataclasses import dataclass
+from pathlib import Path
+
+import psutil
+
+
+def _tree_seconds(pid: int) -> float:
+    """Return the user+system CPU seconds of a process, its live descendants and its reaped children.
+
+    A reaped child's time is in its parent's children_user/children_system, so processes
+    that come and go (PostgreSQL backends in connect-per-request mode) are counted too.
+    """
+    try:
+        root = psutil.Process(pid)
+        times = root.cpu_times()
+        total = times.user + times.system + times.children_user + times.children_system
+        descendants = root.children(recursive=True)
+    except psutil.NoSuchProcess:
+        return 0.0
+    for process in descendants:
+        try:
+            times = process.cpu_times()
+        except psutil.NoSuchProcess:  # exited meanwhile; its parent will hold its time as a reaped child
+            continue
+        total += times.user + times.system + times.children_user + times.children_system
+    return total
+
+
+def _own_children_seconds() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def postmaster_pid(data_dir: Path) -> int | None:
+    """Return the PostgreSQL server's pid from its postmaster.pid file, or None."""
+    try:
+        return int((data_dir / "postmaster.pid").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+@dataclass
+class CpuSnapshot:
+    """CPU seconds so far of the app's process tree, the database server's, and this process's reaped children (wrk)."""
+
+    app: float
+    database: float
+    load: float
+
+
+def snapshot(app_pid: int, database_pid: int | None) -> CpuSnapshot:
+    """Return the CPU seconds used so far by each party."""
+    return CpuSnapshot(
+        _tree_seconds(app_pid),
+        _tree_seconds(database_pid) if database_pid else 0.0,
+        _own_children_seconds(),
+    )
+
+
+def per_request_us(before: CpuSnapshot, after: CpuSnapshot, requests: int) -> dict[str, float]:
+    """Return microseconds of CPU per request for the app, the database and wrk between two snapshots."""
+    if requests <= 0:
+        return {}
+    return {
+        "app": round((after.app - before.app) / requests * 1e6, 1),
+        "database": round((after.database - before.database) / requests * 1e6, 1),
+        "load": round((after.load - before.load) / requests * 1e6, 1),
+    }
