@@ -18,19 +18,21 @@ def _tree_seconds(pid: int) -> float:
     """Return the user+system CPU seconds of a process, its live descendants and its reaped children.
 
     A reaped child's time is in its parent's children_user/children_system, so processes
-    that come and go (PostgreSQL backends in connect-per-request mode) are counted too.
+    that come and go (PostgreSQL backends in connect-per-request mode) are counted too. A
+    process that exits while the snapshot is taken can be missed once: a few backends'
+    time, small against the seconds a point lasts.
     """
     try:
         root = psutil.Process(pid)
         times = root.cpu_times()
         total = times.user + times.system + times.children_user + times.children_system
         descendants = root.children(recursive=True)
-    except psutil.NoSuchProcess:
+    except psutil.Error:  # gone, or not ours to read
         return 0.0
     for process in descendants:
         try:
             times = process.cpu_times()
-        except psutil.NoSuchProcess:  # exited meanwhile; its parent will hold its time as a reaped child
+        except psutil.Error:
             continue
         total += times.user + times.system + times.children_user + times.children_system
     return total

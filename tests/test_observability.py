@@ -9,6 +9,7 @@ import re
 import signal
 import time
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import pytest
 from prometheus_client import Histogram
@@ -97,6 +98,10 @@ def test_metrics_count_requests_from_both_workers(server):
     text = body.decode()
     assert metric_sum(text, count, endpoint="health.health") - before == 200
     assert metric_sum(text, count, endpoint="metrics.prometheus_metrics", status="401") == 1
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    families = re.findall(r"^# TYPE (\S+) \S+$", text, re.MULTILINE)
+    undocumented = [f for f in families if not re.search(rf"`{re.escape(f)}(_total)?[`{{]", readme)]
+    assert families and not undocumented, f"/metrics exports families the README does not list: {undocumented}"
     for name in (
         "rentals_db_pool_acquisitions_total",
         "rentals_db_pool_wait_seconds_count",

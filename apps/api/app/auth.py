@@ -210,9 +210,9 @@ def current_user() -> CurrentUser:
     if not active or role is None:
         raise Unauthorized("this account is deactivated or no longer exists", code="account_disabled")
     user = g.current_user = CurrentUser(user_id, role)
-    state = request_state()
-    if state is not None:
-        state.user_id = user_id  # for the request line
+    running = request_state()
+    if running is not None:
+        running.user_id = user_id  # for the request line
     return user
 
 

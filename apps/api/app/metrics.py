@@ -127,7 +127,8 @@ class BufferedHistogram:
     is a bisect and two additions under one lock; flush_all() moves the counts into
     prometheus_client, from the pool's maintenance thread about once a second and before
     this process answers /metrics. Prometheus therefore sees another worker's last second
-    a second late; no observation is lost (a worker flushes when its pool closes).
+    a second late. A worker flushes when its pool closes; one that is killed loses up to
+    its last second of counts.
     """
 
     def __init__(self, histogram: Histogram) -> None:
@@ -190,16 +191,15 @@ def flush_all() -> None:
         histogram.flush()
 
 
-def _check_histogram_internals() -> None:
-    # BufferedHistogram writes a histogram's per-bucket values the way Histogram.observe
-    # does (prometheus_client 0.26: _upper_bounds, _buckets, _sum); fail at import, not
-    # with wrong figures, if a new version keeps them differently.
-    probe = Histogram("rentals_probe_seconds", "probe", buckets=(1.0,), registry=None)
-    if not all(hasattr(probe, name) for name in ("_upper_bounds", "_buckets", "_sum")):
+def _check_histogram_internals(histogram: Histogram) -> None:
+    # BufferedHistogram writes a series' per-bucket values the way Histogram.observe does
+    # (prometheus_client 0.26: _upper_bounds, _buckets holding per-bucket counts, _sum);
+    # fail at import, not with wrong figures, if a new version keeps them differently.
+    if not all(hasattr(histogram, name) for name in ("_upper_bounds", "_buckets", "_sum")):
         raise RuntimeError("prometheus_client's Histogram internals changed; BufferedHistogram needs updating")
 
 
-_check_histogram_internals()
+_check_histogram_internals(POOL_WAIT)  # unlabelled: a series itself, already exported
 POOL_WAIT_BUFFER = BufferedHistogram(POOL_WAIT)
 QUERY_DURATION_BUFFER = BufferedHistogram(QUERY_DURATION)
 REQUEST_DURATION_BUFFER = BufferedHistogram(REQUEST_DURATION)

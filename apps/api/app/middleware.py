@@ -85,6 +85,9 @@ class RequestMiddleware:
             headers.extend(self.headers)
             return start_response(status_line, headers, exc_info)
 
+        # Recorded when the app hands back its body: every reply here is a JSON document
+        # built in full before that. A streamed reply would need the recording moved into
+        # the body's close().
         try:
             return self.app(environ, start_with_headers)
         finally:

@@ -204,8 +204,10 @@ def open_pool(app: Flask) -> ConnectionPool:
 
 def close_pool(app: Flask) -> None:
     """Close this process's pool (gunicorn's worker_exit, tests) and flush its buffered metrics."""
-    _database(app).close()
-    metrics.flush_all()
+    try:
+        _database(app).close()
+    finally:
+        metrics.flush_all()
 
 
 def pool_stats(app: Flask | None = None) -> dict[str, Any]:
