@@ -331,7 +331,12 @@ def test_idle_shrinking_spares_connections_in_steady_use(make_app):
 
     def work():
         while not stop.is_set():
-            burst.wait(5)
+            try:
+                burst.wait(5)
+            except threading.BrokenBarrierError:
+                if stop.is_set():  # another worker saw the stop first and left the burst
+                    return
+                raise
             with transaction() as cur:
                 cur.execute("SELECT 1")
                 time.sleep(0.01)
@@ -344,6 +349,7 @@ def test_idle_shrinking_spares_connections_in_steady_use(make_app):
         time.sleep(1.5)
     finally:
         stop.set()
+        burst.abort()
         for worker in workers:
             worker.join(5)
     assert [w.error for w in workers] == [None] * 3
