@@ -12,7 +12,6 @@ import logging
 import logging.config
 import os
 import sys
-import threading
 import time
 from typing import TYPE_CHECKING, Any
 
@@ -70,20 +69,21 @@ class _Clock:
     """Formats times like logging's %(asctime)s, so request lines sort with the others.
 
     strftime and localtime cost about a microsecond; the second-resolution part changes
-    once a second, so it is kept per thread and only the milliseconds are formatted.
+    once a second, so it is kept (as one tuple, replaced whole, so threads never see half
+    of it) and only the milliseconds are formatted.
     """
 
     def __init__(self) -> None:
-        self._local = threading.local()
+        self._second: tuple[int, str] = (-1, "")
 
     def asctime(self, now: float) -> str:
         """Return `now` as 'YYYY-MM-DD HH:MM:SS,mmm' in local time."""
-        second = int(now)
-        local = self._local
-        if getattr(local, "second", None) != second:
-            local.second = second
-            local.prefix = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(second))
-        return f"{local.prefix},{int(now % 1 * 1000):03d}"
+        second, prefix = self._second
+        if second != int(now):
+            second = int(now)
+            prefix = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(second))
+            self._second = (second, prefix)
+        return f"{prefix},{int(now % 1 * 1000):03d}"
 
 
 class RequestLog:

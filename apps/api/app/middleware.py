@@ -67,7 +67,7 @@ class RequestMiddleware:
 
     def __init__(self, app: WSGIApp, headers: tuple[tuple[str, str], ...], log: RequestLog) -> None:
         self.app = app
-        self.headers = list(headers)
+        self.headers = headers
         self.log = log
 
     def __call__(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:

@@ -82,15 +82,13 @@ def _cors_hook(cors: Cors) -> Callable[[Response], Response]:
     vary = () if cors.any_origin else (("Vary", "Origin"),)
 
     def add_cors_headers(response: Response) -> Response:
-        # Headers._list is werkzeug's list of (name, value); extending it skips a per-header
-        # check for values checked once here.
-        listed = response.headers._list
-        listed.extend(vary)
+        headers = response.headers
+        headers.extend(vary)
         origin = cors.allowed(request.headers.get("Origin"))
         if origin is not None:
-            listed.append(("Access-Control-Allow-Origin", origin))
+            headers.add("Access-Control-Allow-Origin", origin)
             if response.status_code != 204 or request.method != "OPTIONS":
-                listed.extend(cors.reply)
+                headers.extend(cors.reply)
         return response
 
     return add_cors_headers
