@@ -26,7 +26,7 @@ from apps.api.app.models.database import (
     pool_stats,
     transaction,
 )
-from apps.api.app.models.pool import ConnectionPool, PooledConnection
+from apps.api.app.pool import ConnectionPool, PooledConnection
 from tests.conftest import AppThread, app_config, own_backends, start_private_server, terminate_backend, wait_until
 
 ERROR_KEYS = {"code", "message", "details"}
@@ -92,7 +92,6 @@ def test_exhausted_pool_waits_then_times_out(make_app):
     finally:
         give_back(pool, held)
     assert 0.29 <= waited < 3
-    assert caught.value.retry_after == 2
     stats = pool.stats()
     assert stats["timeouts"] == 1
     assert stats["waiting"] == 0

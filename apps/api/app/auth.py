@@ -25,8 +25,8 @@ from flask import Flask, current_app, g, request
 from itsdangerous import BadData, SignatureExpired, URLSafeTimedSerializer
 from werkzeug.security import check_password_hash, generate_password_hash
 
+from .context import request_state
 from .errors import Forbidden, Unauthorized
-from .middleware import request_state
 from .models import users
 
 F = TypeVar("F", bound=Callable)

@@ -10,10 +10,10 @@ import logging
 from typing import Any
 
 import psycopg2.errors
-from flask import Flask, Response, jsonify
+from flask import Flask, Response, current_app, jsonify
 from werkzeug.exceptions import HTTPException
 
-from .models.database import DatabaseUnavailable, PoolTimeout, TooManyRequests
+from .pool.errors import DatabaseUnavailable, PoolTimeout, TooManyRequests
 
 logger = logging.getLogger(__name__)
 
@@ -105,6 +105,11 @@ _HTTP_CODES = {
 }
 
 
+def retry_after_header() -> dict[str, str]:
+    """Return the Retry-After header of a 503 that the database caused (DB_RETRY_AFTER seconds)."""
+    return {"Retry-After": str(current_app.config["SETTINGS"].db_retry_after)}
+
+
 def _database_unavailable(exc: DatabaseUnavailable) -> Response:
     if isinstance(exc, TooManyRequests):
         code = "database_busy"
@@ -113,20 +118,17 @@ def _database_unavailable(exc: DatabaseUnavailable) -> Response:
     else:
         code = "database_unavailable"
     logger.warning("answered 503 %s: %s", code, exc)
-    return error_response(503, code, str(exc), headers={"Retry-After": str(exc.retry_after)})
+    return error_response(503, code, str(exc), headers=retry_after_header())
 
 
 def _query_cancelled(exc: psycopg2.errors.QueryCanceled | psycopg2.errors.LockNotAvailable) -> Response:
-    from flask import current_app
-
-    retry_after = current_app.config["SETTINGS"].db_retry_after
     reason = "lock wait" if isinstance(exc, psycopg2.errors.LockNotAvailable) else "statement"
     logger.warning("answered 503 query_timeout: %s timeout (%s)", reason, exc.pgcode)
     return error_response(
         503,
         "query_timeout",
         f"the database did not finish in time ({reason} timeout)",
-        headers={"Retry-After": str(retry_after)},
+        headers=retry_after_header(),
     )
 
 

@@ -13,13 +13,12 @@ import logging.config
 import os
 import sys
 import time
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import orjson
 from pythonjsonlogger.orjson import OrjsonFormatter
 
-if TYPE_CHECKING:
-    from .middleware import RequestState
+from .context import RequestState
 
 request_logger = logging.getLogger("apps.api.request")
 

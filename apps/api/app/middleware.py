@@ -5,9 +5,8 @@ proxies (`request`, `g`) and werkzeug's Headers; measured on GET /api/customers/
 that plumbing cost more than the work itself (about 40 us of a 245 us request). Here
 they read the WSGI environ and append to the header list handed to the server, once.
 
-`RequestState` is what the request's code adds on the way: the database helpers add
-their pool wait, authentication sets the user id. It lives in a context variable, so
-code outside a request (CLI, maintenance thread) sees None.
+Each request gets a `RequestState` (context.py) that the code it runs adds to: the
+database helpers their pool wait, authentication the user id.
 """
 
 from __future__ import annotations
@@ -16,13 +15,13 @@ import re
 import time
 import uuid
 from collections.abc import Callable, Iterable
-from contextvars import ContextVar
 from typing import Any
 
 from flask import Flask
 
 from . import metrics
 from .config import Settings
+from .context import RequestState, current_request
 from .logs import RequestLog
 from .security import reply_headers
 
@@ -32,33 +31,6 @@ _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 _METHODS = frozenset(("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"))
 
 WSGIApp = Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]
-
-
-class RequestState:
-    """What one request has done so far: its id, where it went, its pool wait and its user."""
-
-    __slots__ = ("endpoint", "method", "path", "pool_wait", "request_id", "user_id")
-
-    def __init__(self, environ: dict[str, Any], request_id: str) -> None:
-        self.request_id = request_id
-        self.method = environ.get("REQUEST_METHOD", "GET")
-        # PEP 3333 hands the path over as latin-1; werkzeug's request.path decodes it as UTF-8.
-        self.path = environ.get("PATH_INFO", "").encode("latin-1").decode("utf-8", "replace") or "/"
-        self.endpoint = "unmatched"  # until routing finds one (not on 404 and 405)
-        self.pool_wait = 0.0
-        self.user_id: int | None = None
-
-    def __str__(self) -> str:
-        """Describe the request for a log line (a leak report names its holder)."""
-        return f"{self.method} {self.path} (endpoint {self.endpoint})"
-
-
-current_request: ContextVar[RequestState | None] = ContextVar("rentals_request", default=None)
-
-
-def request_state() -> RequestState | None:
-    """Return the running request's state, or None outside a request."""
-    return current_request.get()
 
 
 class RequestMiddleware:

@@ -28,9 +28,10 @@ from flask import Flask, current_app
 
 from .. import metrics
 from ..config import Settings
-from ..middleware import request_state
-from .pool import (
-    COUNTERS,
+from ..context import request_state
+from ..forking import after_fork_in_child
+from ..pool import (
+    POOL_CLASSES,
     ConnectionPool,
     DatabaseUnavailable,
     PoolClosed,
@@ -78,12 +79,10 @@ Params = Sequence[Any] | dict[str, Any] | None
 _databases: weakref.WeakSet[Database] = weakref.WeakSet()
 
 
+@after_fork_in_child
 def _reset_after_fork() -> None:
     for database in list(_databases):
         database._after_fork_in_child()
-
-
-os.register_at_fork(after_in_child=_reset_after_fork)
 
 
 def _request_owner() -> object:
@@ -118,7 +117,7 @@ class Database:
             return pool
         with self._lock:
             if self._closed_in_pid == os.getpid():
-                raise PoolClosed("the connection pool is closed", self.settings.db_retry_after)
+                raise PoolClosed("the connection pool is closed")
             if self._pool is None or self._pool.closed:
                 # None: first use here. Closed: inherited across a fork.
                 self._publish = metrics.PoolPublisher()
@@ -133,7 +132,7 @@ class Database:
             f"-c idle_in_transaction_session_timeout={s.db_idle_in_transaction_timeout_ms} "
             f"-c lock_timeout={s.db_lock_timeout_ms}"
         )
-        return ConnectionPool(
+        return POOL_CLASSES[s.db_pool_mode](
             s.database_url,
             min_size=s.db_pool_min_connections,
             max_size=s.db_pool_max_connections,
@@ -143,8 +142,6 @@ class Database:
             idle_timeout=s.db_pool_idle_timeout,
             ping_after=s.db_pool_ping_after,
             leak_threshold=s.db_pool_leak_threshold,
-            retry_after=s.db_retry_after,
-            null=s.db_pool_mode == "null",
             owner=_request_owner,
             on_tick=self._publish,
             name=f"{APPLICATION_NAME}[{os.getpid()}]",
@@ -159,17 +156,9 @@ class Database:
         pool = self._pool
         if pool is None or pool.closed or self._publish is None:
             s = self.settings
-            return {
-                "mode": s.db_pool_mode,
-                "min_connections": 0 if s.db_pool_mode == "null" else s.db_pool_min_connections,
-                "max_connections": s.db_pool_max_connections,
-                "in_use": 0,
-                "available": 0,
-                "total": 0,
-                "waiting": 0,
-                "max_waiting": s.db_pool_max_waiting,
-                **dict.fromkeys(COUNTERS, 0),
-            }
+            return POOL_CLASSES[s.db_pool_mode].unopened_stats(
+                s.db_pool_min_connections, s.db_pool_max_connections, s.db_pool_max_waiting
+            )
         stats = pool.stats()
         self._publish(stats)
         return stats
@@ -317,7 +306,7 @@ def _read(sql: str, params: Params, one: bool, timeout: float | None) -> Any:
             if not lost:
                 raise
             if attempt == 2:
-                raise DatabaseUnavailable("the database connection was lost", pool.retry_after) from exc
+                raise DatabaseUnavailable("the database connection was lost") from exc
             # A read changes nothing, so it is safe to run again on another connection.
             logger.warning("connection lost during a read, retrying once: %s", str(exc).strip())
         finally:
@@ -360,7 +349,7 @@ def execute_write(sql: str, params: Params = None) -> Any:
     except (psycopg2.OperationalError, psycopg2.InterfaceError) as exc:
         lost = _connection_lost(conn, exc)
         if lost:
-            raise DatabaseUnavailable("the database connection was lost", pool.retry_after) from exc
+            raise DatabaseUnavailable("the database connection was lost") from exc
         raise
     finally:
         pool.putconn(conn, discard=lost)
@@ -397,7 +386,7 @@ def transaction() -> Iterator[psycopg2.extensions.cursor]:
             except psycopg2.Error:
                 lost = True
         if lost and isinstance(exc, (psycopg2.OperationalError, psycopg2.InterfaceError)):
-            raise DatabaseUnavailable("the database connection was lost", pool.retry_after) from exc
+            raise DatabaseUnavailable("the database connection was lost") from exc
         raise
     finally:
         pool.putconn(conn, discard=lost)

@@ -13,6 +13,7 @@ from flask import Blueprint, current_app, jsonify
 from .. import metrics
 from ..auth import require_health_token
 from ..config import Settings
+from ..errors import retry_after_header
 from ..models.database import (
     DatabaseUnavailable,
     PoolTimeout,
@@ -182,7 +183,7 @@ def database_health():
     response = jsonify(body)
     if status == "error":
         response.status_code = 503
-        response.headers["Retry-After"] = str(settings.db_retry_after)
+        response.headers.update(retry_after_header())
     return response
 
 

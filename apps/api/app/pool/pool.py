@@ -1,23 +1,14 @@
-"""A connection pool built on psycopg2's ThreadedConnectionPool, made to behave like the best pools.
+"""The blocking pool: psycopg2's ThreadedConnectionPool at the core, made to behave like the best pools.
 
-psycopg2's pool keeps the connections and their keys; this class adds what it lacks:
-a blocking acquire with a bounded wait queue, health checks, a lifetime, idle shrinking,
-leak detection, stats, fail-fast reconnects and fork safety. It knows nothing of Flask.
+psycopg2's pool keeps the connections and their keys (compat/psycopg2_pool.py says how we
+reach into it); this class adds what it lacks: a blocking acquire with a bounded wait
+queue, health checks, a lifetime, idle shrinking, leak detection, stats, fail-fast
+reconnects and fork safety. It knows nothing of Flask or HTTP.
 
-What psycopg2's pool does, and why we wrap it the way we do:
-- `getconn()` pops the most recently returned idle connection or, when none is idle,
-  connects while holding its lock; with `maxconn` connections out it raises
-  `PoolError("connection pool exhausted")` at once. We never let it get that far: a
-  caller first takes one of our `max_size` slots, waiting on our condition if needed.
-  Connecting under its lock would stall every other borrow and return for the whole
-  handshake (up to DB_CONNECT_TIMEOUT against a host that does not answer), so our
-  subclass refuses to connect there: we open the connection outside any lock and hand
-  it in, and psycopg2 registers it under its key as if it had opened it.
-- `putconn()` keeps a returned connection only while fewer than `minconn` are idle and
-  closes it otherwise, so min=2/max=10 under load reconnects on almost every request.
-  We create it with `minconn=0` (no I/O at construction) and then raise `minconn` to
-  `max_size`, so it keeps every connection and shrinking is ours, after idle_timeout.
-  In null mode `minconn` stays 0 and every returned connection is closed.
+A caller first takes one of `max_size` slots, waiting on our condition if needed, so
+psycopg2's pool never reaches its own "connection pool exhausted". The core is created
+with `minconn=0` (no I/O at construction), then `minconn` is raised to `max_size`, so it
+keeps every connection returned to it; shrinking is ours, after idle_timeout.
 """
 
 from __future__ import annotations
@@ -34,83 +25,50 @@ from dataclasses import dataclass
 
 import psycopg2
 import psycopg2.extensions
-from psycopg2.pool import PoolError, ThreadedConnectionPool
+from psycopg2.pool import PoolError
+
+from ..compat.psycopg2_pool import CorePool, NoIdleConnection
+from ..forking import after_fork_in_child
+from .base import (
+    ACQUISITIONS,
+    AVAILABLE,
+    CONNECT_TIME_MS,
+    CONNECTION_ERRORS,
+    CONNECTIONS_OPENED,
+    COUNTERS,
+    DISCARDED,
+    IN_USE,
+    LEAKS_DETECTED,
+    MAX_CONNECTIONS,
+    MAX_WAIT_MS,
+    MAX_WAITING,
+    MILLISECONDS,
+    MIN_CONNECTIONS,
+    MODE,
+    PEAK_IN_USE,
+    PING_FAILURES,
+    PINGS,
+    RECYCLED,
+    REJECTED,
+    SHRUNK,
+    TIMEOUTS,
+    TOTAL,
+    WAIT_TIME_MS,
+    WAITING,
+    WAITS,
+    ConnectionAttempt,
+    unopened_stats,
+)
+from .errors import DatabaseUnavailable, PoolClosed, PoolTimeout, TooManyRequests
 
 logger = logging.getLogger(__name__)
 
 _STATUS_IDLE = psycopg2.extensions.TRANSACTION_STATUS_IDLE
 _STATUS_UNKNOWN = psycopg2.extensions.TRANSACTION_STATUS_UNKNOWN
 
-# Stats keys: stable names shared by the health endpoint, the metrics and the docs.
-MODE = "mode"
-MIN_CONNECTIONS = "min_connections"
-MAX_CONNECTIONS = "max_connections"
-IN_USE = "in_use"
-AVAILABLE = "available"
-TOTAL = "total"
-WAITING = "waiting"
-MAX_WAITING = "max_waiting"
-PEAK_IN_USE = "peak_in_use"
-ACQUISITIONS = "acquisitions"
-WAITS = "waits"
-WAIT_TIME_MS = "wait_time_ms"
-MAX_WAIT_MS = "max_wait_ms"
-TIMEOUTS = "timeouts"
-REJECTED = "rejected"
-CONNECTIONS_OPENED = "connections_opened"
-CONNECT_TIME_MS = "connect_time_ms"
-CONNECTION_ERRORS = "connection_errors"
-DISCARDED = "discarded"
-RECYCLED = "recycled"
-SHRUNK = "shrunk"
-PINGS = "pings"
-PING_FAILURES = "ping_failures"
-LEAKS_DETECTED = "leaks_detected"
-
-COUNTERS = (
-    ACQUISITIONS,
-    WAITS,
-    WAIT_TIME_MS,
-    MAX_WAIT_MS,
-    TIMEOUTS,
-    REJECTED,
-    CONNECTIONS_OPENED,
-    CONNECT_TIME_MS,
-    CONNECTION_ERRORS,
-    DISCARDED,
-    RECYCLED,
-    SHRUNK,
-    PINGS,
-    PING_FAILURES,
-    LEAKS_DETECTED,
-    PEAK_IN_USE,
-)
-
 # Fraction of max_lifetime taken off at random per connection, so that connections
 # opened together (at startup, after a restart) are not all recycled at once.
 LIFETIME_JITTER = 0.1
-# Fail-fast window after a failed connect grows from the first to the last value.
-RECONNECT_BACKOFF = (0.1, 1.0)
-
-
-class DatabaseUnavailable(Exception):
-    """The database cannot serve this request now; the client should retry later."""
-
-    def __init__(self, message: str, retry_after: int = 2) -> None:
-        super().__init__(message)
-        self.retry_after = retry_after
-
-
-class PoolTimeout(DatabaseUnavailable):
-    """No connection became free within the pool timeout."""
-
-
-class TooManyRequests(DatabaseUnavailable):
-    """Too many requests already wait for a connection; this one is turned away at once."""
-
-
-class PoolClosed(DatabaseUnavailable):
-    """The pool is closed: the process is shutting down."""
 
 
 class PooledConnection(psycopg2.extensions.connection):
@@ -135,65 +93,16 @@ class _Checkout:
     leak_reported: bool = False
 
 
-class _NoIdleConnection(Exception):
-    """psycopg2's pool had no idle connection, and we never let it open one itself."""
-
-
-class _CorePool(ThreadedConnectionPool):
-    """psycopg2's ThreadedConnectionPool that registers connections opened outside its lock.
-
-    `_connect` is what psycopg2's `getconn` calls, under its lock, when nothing is idle.
-    Here it takes the connection the calling thread handed in, or raises
-    _NoIdleConnection: psycopg2 never connects while holding its lock.
-    """
-
-    def __init__(self, *args: object, **kwargs: object) -> None:
-        self._handoff = threading.local()
-        super().__init__(*args, **kwargs)
-
-    def _connect(self, key: object = None) -> PooledConnection:
-        conn = getattr(self._handoff, "conn", None)
-        if conn is None:
-            raise _NoIdleConnection
-        self._handoff.conn = None
-        # What psycopg2's own _connect does once it has a connection.
-        if key is not None:
-            self._used[key] = conn
-            self._rused[id(conn)] = key
-        else:
-            self._pool.append(conn)
-        return conn
-
-    def getconn_idle(self) -> PooledConnection:
-        """Pop an idle connection; raise _NoIdleConnection when there is none."""
-        return self.getconn()
-
-    def getconn_with(self, conn: PooledConnection) -> tuple[PooledConnection, PooledConnection | None]:
-        """Register `conn` (opened by the caller) and return it, with None.
-
-        If a connection was returned meanwhile, psycopg2 hands out that idle one instead;
-        then the result is (the idle one, `conn` unused), and the caller closes `conn`.
-        """
-        self._handoff.conn = conn
-        try:
-            got = self.getconn()
-        finally:
-            unused, self._handoff.conn = self._handoff.conn, None
-        return got, unused
-
-
 _live_pools: weakref.WeakSet[ConnectionPool] = weakref.WeakSet()
 
 
+@after_fork_in_child
 def _forget_pools_after_fork() -> None:
     # A forked child shares the parent's sockets. Closing or garbage-collecting those
     # connections here would send the server a Terminate on the parent's sessions, so
     # point each descriptor at /dev/null first; the parent's copies stay untouched.
     for pool in list(_live_pools):
         pool._abandon_after_fork()
-
-
-os.register_at_fork(after_in_child=_forget_pools_after_fork)
 
 
 def _thread_name() -> str:
@@ -210,6 +119,18 @@ class ConnectionPool:
     snapshot to `on_tick` (metrics) about once a second.
     """
 
+    mode = "pool"
+
+    @classmethod
+    def kept_min_size(cls, min_size: int) -> int:
+        """Return how many connections this kind of pool keeps open when asked for `min_size`."""
+        return min_size
+
+    @classmethod
+    def unopened_stats(cls, min_size: int, max_size: int, max_waiting: int) -> dict[str, object]:
+        """Return the stats such a pool reports before it opens: nothing held, nothing served."""
+        return unopened_stats(cls.mode, cls.kept_min_size(min_size), max_size, max_waiting)
+
     def __init__(
         self,
         dsn: str,
@@ -222,8 +143,6 @@ class ConnectionPool:
         idle_timeout: float = 300.0,
         ping_after: float = 30.0,
         leak_threshold: float = 30.0,
-        retry_after: int = 2,
-        null: bool = False,
         owner: Callable[[], object] = _thread_name,
         on_tick: Callable[[dict[str, object]], None] | None = None,
         name: str = "pool",
@@ -238,7 +157,7 @@ class ConnectionPool:
         if max_waiting < 0:
             raise ValueError("max_waiting must be 0 or more")
         self.name = name
-        self.min_size = 0 if null else min_size
+        self.min_size = self.kept_min_size(min_size)
         self.max_size = max_size
         self.timeout = timeout
         self.max_waiting = max_waiting
@@ -246,15 +165,13 @@ class ConnectionPool:
         self.idle_timeout = idle_timeout
         self.ping_after = ping_after
         self.leak_threshold = leak_threshold
-        self.retry_after = retry_after
-        self.null = null
         self._owner = owner
         self._on_tick = on_tick
 
         self._dsn = dsn
         self._connect_kwargs = {"connection_factory": PooledConnection, **connect_kwargs}
-        self._core = _CorePool(0, max_size, dsn, **self._connect_kwargs)
-        self._core.minconn = 0 if null else max_size
+        self._core = CorePool(0, max_size, dsn, **self._connect_kwargs)
+        self._core.minconn = max_size  # keep every connection given back; shrinking is ours
 
         self._cond = threading.Condition(threading.Lock())
         self._slots = 0  # connections handed out or being opened
@@ -262,8 +179,7 @@ class ConnectionPool:
         self._all: set[PooledConnection] = set()  # open connections, idle or out
         self._out: dict[int, _Checkout] = {}
         self._epoch = 0  # raised when a connection dies; older idle ones get pinged
-        self._reconnect_at = 0.0
-        self._connect_failures = 0
+        self._attempt = ConnectionAttempt()
         self._idle_low_water = 0  # fewest idle connections seen since the last shrink
         self._last_shrink = time.monotonic()
         self._counters = dict.fromkeys(COUNTERS, 0)
@@ -348,7 +264,7 @@ class ConnectionPool:
     def _take_slot(self, timeout: float) -> None:
         with self._cond:
             if self._closed or self._forked:
-                raise PoolClosed("the connection pool is closed", self.retry_after)
+                raise PoolClosed("the connection pool is closed")
             if self._slots >= self.max_size:
                 self._wait_for_slot(timeout)
             self._slots += 1
@@ -364,8 +280,7 @@ class ConnectionPool:
         if self._waiting >= self.max_waiting:
             self._counters[REJECTED] += 1
             raise TooManyRequests(
-                f"all {self.max_size} database connections are busy and {self._waiting} requests already wait",
-                self.retry_after,
+                f"all {self.max_size} database connections are busy and {self._waiting} requests already wait"
             )
         started = time.monotonic()
         deadline = started + timeout
@@ -377,12 +292,11 @@ class ConnectionPool:
                 if remaining <= 0:
                     self._counters[TIMEOUTS] += 1
                     raise PoolTimeout(
-                        f"no database connection became free within {timeout:g} s (all {self.max_size} busy)",
-                        self.retry_after,
+                        f"no database connection became free within {timeout:g} s (all {self.max_size} busy)"
                     )
                 self._cond.wait(remaining)
                 if self._closed:
-                    raise PoolClosed("the connection pool is closed", self.retry_after)
+                    raise PoolClosed("the connection pool is closed")
             got_slot = True
         finally:
             self._waiting -= 1
@@ -415,30 +329,30 @@ class ConnectionPool:
                 continue
             self._register(conn)
             return conn
-        raise DatabaseUnavailable("no healthy database connection could be found", self.retry_after)
+        raise DatabaseUnavailable("no healthy database connection could be found")
 
     def _getconn_unchecked(self) -> PooledConnection:
         # Holding a slot: an idle connection if there is one, else a new one.
         try:
             return self._core.getconn_idle()
-        except _NoIdleConnection:
+        except NoIdleConnection:
             pass
         except PoolError:
-            raise PoolClosed("the connection pool is closed", self.retry_after) from None
-        if time.monotonic() < self._reconnect_at:
-            raise DatabaseUnavailable("the database is unreachable; retrying shortly", self.retry_after)
+            raise PoolClosed("the connection pool is closed") from None
+        if self._attempt.backing_off(time.monotonic()):
+            raise DatabaseUnavailable("the database is unreachable; retrying shortly")
         started = time.monotonic()
         try:
             conn = psycopg2.connect(self._dsn, **self._connect_kwargs)
         except psycopg2.OperationalError as exc:
             self._note_connect_failure(exc)
-            raise DatabaseUnavailable("the database is unreachable", self.retry_after) from exc
+            raise DatabaseUnavailable("the database is unreachable") from exc
         elapsed_ms = (time.monotonic() - started) * 1000
         try:
             got, unused = self._core.getconn_with(conn)
         except PoolError:
             conn.close()
-            raise PoolClosed("the connection pool is closed", self.retry_after) from None
+            raise PoolClosed("the connection pool is closed") from None
         if unused is not None:
             unused.close()
         else:
@@ -449,14 +363,12 @@ class ConnectionPool:
     def _note_connect_failure(self, exc: Exception) -> None:
         with self._cond:
             self._counters[CONNECTION_ERRORS] += 1
-            self._connect_failures += 1
-            first, last = RECONNECT_BACKOFF
-            backoff = min(last, first * 2 ** (self._connect_failures - 1))
-            self._reconnect_at = time.monotonic() + backoff
+            backoff = self._attempt.failed(time.monotonic())
+            failures = self._attempt.failures
         logger.warning(
             "pool %s cannot connect (attempt %s, next in %.1f s): %s",
             self.name,
-            self._connect_failures,
+            failures,
             backoff,
             str(exc).strip(),
         )
@@ -468,10 +380,9 @@ class ConnectionPool:
             conn.pool_epoch = self._epoch
             self._all.add(conn)
             self._counters[CONNECTIONS_OPENED] += 1
-            if self._connect_failures:
-                logger.info("pool %s reconnected after %s failed attempts", self.name, self._connect_failures)
-            self._connect_failures = 0
-            self._reconnect_at = 0.0
+            failures = self._attempt.succeeded()
+        if failures:
+            logger.info("pool %s reconnected after %s failed attempts", self.name, failures)
 
     def _needs_ping(self, conn: PooledConnection) -> bool:
         return conn.pool_epoch < self._epoch or time.monotonic() - conn.pool_last_used >= self.ping_after
@@ -502,8 +413,8 @@ class ConnectionPool:
         """Give a borrowed connection back; never raises for a broken one.
 
         A connection left in a transaction is rolled back. It is closed instead of kept
-        when `discard` is set (its state is unknown), when it is broken, past its
-        lifetime, or in null mode.
+        when `discard` is set (its state is unknown), when it is broken or past its
+        lifetime.
         """
         reason = self._return_reason(conn, discard)
         if reason == DISCARDED:
@@ -540,9 +451,10 @@ class ConnectionPool:
                 conn.autocommit = True
         except psycopg2.Error:
             return DISCARDED
-        now = time.monotonic()
-        if self.null:
-            return "null"
+        return self._reason_to_close(conn, time.monotonic())
+
+    def _reason_to_close(self, conn: PooledConnection, now: float) -> str | None:
+        # A healthy connection given back: keep it until its lifetime ends.
         if now >= conn.pool_expires_at:
             return RECYCLED
         conn.pool_last_used = now
@@ -614,7 +526,7 @@ class ConnectionPool:
             self._slots += 1
         try:
             conn = self._core.getconn_idle()
-        except (_NoIdleConnection, PoolError):
+        except (NoIdleConnection, PoolError):
             self._give_back_slot()
             return False
         try:
@@ -640,7 +552,7 @@ class ConnectionPool:
                         or self._forked
                         or len(self._all) >= self.min_size
                         or self._slots >= self.max_size
-                        or time.monotonic() < self._reconnect_at
+                        or self._attempt.backing_off(time.monotonic())
                     ):
                         return
                     self._slots += 1
@@ -664,7 +576,7 @@ class ConnectionPool:
             in_use = self._slots
             available = max(0, len(self._all) - len(self._out))
             snapshot: dict[str, object] = {
-                MODE: "null" if self.null else "pool",
+                MODE: self.mode,
                 MIN_CONNECTIONS: self.min_size,
                 MAX_CONNECTIONS: self.max_size,
                 IN_USE: in_use,
@@ -674,6 +586,6 @@ class ConnectionPool:
                 MAX_WAITING: self.max_waiting,
             }
             snapshot.update(self._counters)
-        for key in (WAIT_TIME_MS, MAX_WAIT_MS, CONNECT_TIME_MS):
+        for key in MILLISECONDS:
             snapshot[key] = round(snapshot[key], 3)
         return snapshot
