@@ -7,6 +7,7 @@ Values come from the app's own settings (apps/api/app/config.py: env vars, then
 A bad setting stops gunicorn here, before any worker starts.
 """
 
+import dataclasses
 import logging
 import os
 import shutil
@@ -22,7 +23,8 @@ if _own_metrics_dir:
 
 from gunicorn import glogging  # noqa: E402
 
-from apps.api.app.config import load_settings  # noqa: E402 (after the metrics folder is set)
+from apps.api.app.capacity import Budget  # noqa: E402 (after the metrics folder is set)
+from apps.api.app.config import load_settings  # noqa: E402
 from apps.api.app.logs import logging_config  # noqa: E402
 
 _settings = load_settings()
@@ -127,10 +129,10 @@ control_socket_disable = True
 
 def on_starting(server):
     """Refuse to start with more threads per worker than connections per pool; reset metrics."""
-    if server.cfg.threads > _settings.db_pool_max_connections:
+    problem = dataclasses.replace(Budget.from_settings(_settings), threads=server.cfg.threads).threads_above_pool()
+    if problem:
         raise SystemExit(
-            f"GUNICORN_THREADS ({server.cfg.threads}) is above DB_POOL_MAX_CONNECTIONS "
-            f"({_settings.db_pool_max_connections}); extra threads would only wait for a connection. "
+            f"{problem}; extra threads would only wait for a connection. "
             "Lower GUNICORN_THREADS or raise DB_POOL_MAX_CONNECTIONS."
         )
     for path in Path(os.environ[_METRICS_VAR]).glob("*.db"):

@@ -86,7 +86,7 @@ def test_exhausted_pool_waits_then_times_out(make_app):
     pool, held = hold(app, 2)
     try:
         started = time.monotonic()
-        with app.app_context(), pytest.raises(PoolTimeout) as caught:
+        with app.app_context(), pytest.raises(PoolTimeout):
             execute_query_one("SELECT 1")
         waited = time.monotonic() - started
     finally:

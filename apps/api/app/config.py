@@ -70,11 +70,6 @@ class Settings:
     cors_allow_credentials: bool
     hsts_max_age: int
 
-    @property
-    def max_server_connections_needed(self) -> int:
-        """Return how many connections all hosts' workers may open at most."""
-        return self.api_hosts * self.web_concurrency * self.db_pool_max_connections
-
     def database_url_redacted(self) -> str:
         """Return DATABASE_URL with its password replaced, safe for logs and replies."""
         return redact_url(self.database_url)

@@ -11,7 +11,6 @@ ever ran, as Prometheus expects of counters.
 
 from __future__ import annotations
 
-import glob
 import os
 import threading
 from bisect import bisect_left
@@ -26,15 +25,32 @@ from prometheus_client import (
     Gauge,
     Histogram,
     generate_latest,
-    multiprocess,
-    values,
+)
+
+from .compat.prometheus_client import SizedFilesCollector, add_observations, bucket_bounds, use_process_identifier
+from .forking import after_fork_in_child
+from .pool.base import (
+    ACQUISITIONS,
+    AVAILABLE,
+    CONNECTION_ERRORS,
+    CONNECTIONS_OPENED,
+    DISCARDED,
+    IN_USE,
+    LEAKS_DETECTED,
+    MAX_CONNECTIONS,
+    RECYCLED,
+    REJECTED,
+    SHRUNK,
+    TIMEOUTS,
+    TOTAL,
+    WAITING,
 )
 
 MULTIPROCESS_DIR_VAR = "PROMETHEUS_MULTIPROC_DIR"
 
-# In multiprocess mode every metric update asks os.getpid() (a system call) to notice a
-# fork; several updates per request made that a measurable share of the request. The pid
-# is cached here and refreshed by an at-fork hook, which is exactly when it changes.
+# In multiprocess mode every metric update asks for the process id to notice a fork;
+# os.getpid() is a system call, several per request. The pid is cached here and
+# refreshed after a fork, which is exactly when it changes.
 _pid = [os.getpid()]
 
 
@@ -42,15 +58,16 @@ def _cached_pid() -> int:
     return _pid[0]
 
 
+@after_fork_in_child
 def _refresh_pid() -> None:
     _pid[0] = os.getpid()
 
 
-os.register_at_fork(after_in_child=_refresh_pid)
 if os.environ.get(MULTIPROCESS_DIR_VAR):
-    values.ValueClass = values.MultiProcessValue(process_identifier=_cached_pid)
+    use_process_identifier(_cached_pid)
 
-_GAUGE_STATES = {"in_use": "in_use", "available": "available", "total": "open", "max_connections": "max"}
+# Pool stats key -> the gauges' state label.
+_GAUGE_STATES = {IN_USE: "in_use", AVAILABLE: "available", TOTAL: "open", MAX_CONNECTIONS: "max"}
 
 POOL_WORKER_CONNECTIONS = Gauge(
     "rentals_db_pool_worker_connections",
@@ -77,15 +94,15 @@ POOL_WAITING = Gauge(
 
 # Pool stats key -> counter; each is published as the increase since the last publish.
 POOL_COUNTERS = {
-    "acquisitions": Counter("rentals_db_pool_acquisitions", "Connections handed out by the pools."),
-    "timeouts": Counter("rentals_db_pool_timeouts", "Requests that found no free connection within DB_POOL_TIMEOUT."),
-    "rejected": Counter("rentals_db_pool_rejected", "Requests turned away because DB_POOL_MAX_WAITING already waited."),
-    "connections_opened": Counter("rentals_db_pool_opened_connections", "Connections opened to the server."),
-    "connection_errors": Counter("rentals_db_pool_connection_errors", "Failed attempts to open a connection."),
-    "discarded": Counter("rentals_db_pool_discarded_connections", "Broken connections closed by the pools."),
-    "recycled": Counter("rentals_db_pool_recycled_connections", "Connections closed past DB_POOL_MAX_LIFETIME."),
-    "shrunk": Counter("rentals_db_pool_shrunk_connections", "Idle connections closed after DB_POOL_IDLE_TIMEOUT."),
-    "leaks_detected": Counter("rentals_db_pool_leaks_detected", "Connections held past DB_POOL_LEAK_THRESHOLD."),
+    ACQUISITIONS: Counter("rentals_db_pool_acquisitions", "Connections handed out by the pools."),
+    TIMEOUTS: Counter("rentals_db_pool_timeouts", "Requests that found no free connection within DB_POOL_TIMEOUT."),
+    REJECTED: Counter("rentals_db_pool_rejected", "Requests turned away because DB_POOL_MAX_WAITING already waited."),
+    CONNECTIONS_OPENED: Counter("rentals_db_pool_opened_connections", "Connections opened to the server."),
+    CONNECTION_ERRORS: Counter("rentals_db_pool_connection_errors", "Failed attempts to open a connection."),
+    DISCARDED: Counter("rentals_db_pool_discarded_connections", "Broken connections closed by the pools."),
+    RECYCLED: Counter("rentals_db_pool_recycled_connections", "Connections closed past DB_POOL_MAX_LIFETIME."),
+    SHRUNK: Counter("rentals_db_pool_shrunk_connections", "Idle connections closed after DB_POOL_IDLE_TIMEOUT."),
+    LEAKS_DETECTED: Counter("rentals_db_pool_leaks_detected", "Connections held past DB_POOL_LEAK_THRESHOLD."),
 }
 
 _FAST_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
@@ -113,7 +130,7 @@ class _Buffer:
 
     def __init__(self, series: Histogram) -> None:
         self.series = series
-        self.bounds = series._upper_bounds
+        self.bounds = bucket_bounds(series)
         self.counts = [0] * len(self.bounds)
         self.total = 0.0
 
@@ -123,13 +140,12 @@ class BufferedHistogram:
 
     In multiprocess mode every Histogram.observe takes a lock and writes two values into
     the worker's mmap'd file (its bucket and the sum), after a labels() lookup under
-    another lock: a request's three took ~6.3 us in a microbenchmark, and removing them
-    saved ~12 us of a ~244 us request. Here an observation is a bisect and two additions
-    under one lock (the three: ~1.3 us); flush_all() moves the counts into
-    prometheus_client, from the pool's maintenance thread about once a second and before
-    this process answers /metrics. Prometheus therefore sees another worker's last second
-    a second late. A worker flushes when its pool closes; one that is killed loses up to
-    its last second of counts.
+    another lock, several times per request (bench/OPTIMIZATIONS.md has the figures).
+    Here an observation is a bisect and two additions under one lock; flush_all() moves
+    the counts into prometheus_client, from the pool's maintenance thread about once a
+    second and before this process answers /metrics. Prometheus therefore sees another
+    worker's last second a second late. A worker flushes when its pool closes; one that
+    is killed loses up to its last second of counts.
     """
 
     def __init__(self, histogram: Histogram) -> None:
@@ -162,16 +178,14 @@ class BufferedHistogram:
                     buffer.counts = [0] * len(buffer.bounds)
                     buffer.total = 0.0
         for series, counts, total in pending:
-            for index, count in enumerate(counts):
-                if count:
-                    series._buckets[index].inc(count)
-            series._sum.inc(total)
+            add_observations(series, counts, total)
 
 
 _BUFFER_LOCK = threading.Lock()
 _BUFFERED: list[BufferedHistogram] = []
 
 
+@after_fork_in_child
 def _reset_buffers_after_fork() -> None:
     # The child starts with copies of the parent's pending counts, which the parent will
     # flush itself, and with the lock as it was at the fork (maybe held, forever).
@@ -183,24 +197,12 @@ def _reset_buffers_after_fork() -> None:
             buffer.total = 0.0
 
 
-os.register_at_fork(after_in_child=_reset_buffers_after_fork)
-
-
 def flush_all() -> None:
     """Move every buffered observation of this process into prometheus_client."""
     for histogram in _BUFFERED:
         histogram.flush()
 
 
-def _check_histogram_internals(histogram: Histogram) -> None:
-    # BufferedHistogram writes a series' per-bucket values the way Histogram.observe does
-    # (prometheus_client 0.26: _upper_bounds, _buckets holding per-bucket counts, _sum);
-    # fail at import, not with wrong figures, if a new version keeps them differently.
-    if not all(hasattr(histogram, name) for name in ("_upper_bounds", "_buckets", "_sum")):
-        raise RuntimeError("prometheus_client's Histogram internals changed; BufferedHistogram needs updating")
-
-
-_check_histogram_internals(POOL_WAIT)  # unlabelled: a series itself, already exported
 POOL_WAIT_BUFFER = BufferedHistogram(POOL_WAIT)
 QUERY_DURATION_BUFFER = BufferedHistogram(QUERY_DURATION)
 REQUEST_DURATION_BUFFER = BufferedHistogram(REQUEST_DURATION)
@@ -211,31 +213,13 @@ def multiprocess_dir() -> str | None:
     return os.environ.get(MULTIPROCESS_DIR_VAR) or None
 
 
-class _MultiProcessCollector(multiprocess.MultiProcessCollector):
-    """prometheus_client's collector, skipping files a booting worker has created but not sized.
-
-    A worker creates its file empty and sizes it a moment later; reading it in between
-    raises struct.error (prometheus/client_python#1199), and a worker killed in between
-    leaves it empty for good. Either way /metrics and /api/health/db must still answer.
-    """
-
-    def collect(self):
-        """Merge every non-empty .db file of the shared folder."""
-        files = []
-        for path in glob.glob(os.path.join(self._path, "*.db")):
-            try:
-                if os.path.getsize(path) > 0:
-                    files.append(path)
-            except OSError:  # removed meanwhile (a dead worker's live gauges)
-                pass
-        return self.merge(files, accumulate=True)
-
-
 def _registry() -> CollectorRegistry:
     if multiprocess_dir() is None:
         return REGISTRY
     registry = CollectorRegistry()
-    _MultiProcessCollector(registry)
+    # Skips files a booting or killed worker left unsized: /metrics and /api/health/db
+    # must answer whatever state the other workers are in.
+    SizedFilesCollector(registry)
     return registry
 
 
@@ -260,8 +244,8 @@ class PoolPublisher:
             for key, state in _GAUGE_STATES.items():
                 POOL_WORKER_CONNECTIONS.labels(state).set(stats[key])
                 POOL_CONNECTIONS.labels(state).set(stats[key])
-            POOL_WORKER_WAITING.set(stats["waiting"])
-            POOL_WAITING.set(stats["waiting"])
+            POOL_WORKER_WAITING.set(stats[WAITING])
+            POOL_WAITING.set(stats[WAITING])
             for key, counter in POOL_COUNTERS.items():
                 increase = stats.get(key, 0) - self._published.get(key, 0)
                 if increase > 0:
@@ -284,13 +268,7 @@ def worker_pool_figures() -> dict[int, dict[str, float]]:
                 workers[int(sample.labels["pid"])][states[sample.labels["state"]]] = sample.value
         elif family.name == "rentals_db_pool_worker_waiting_requests":
             for sample in family.samples:
-                workers[int(sample.labels["pid"])]["waiting"] = sample.value
+                workers[int(sample.labels["pid"])][WAITING] = sample.value
     # A worker that has not published its pool yet (just booted) has only the zero that
     # prometheus_client writes at import; it is left out rather than counted as empty.
-    return {pid: figures for pid, figures in workers.items() if "max_connections" in figures}
-
-
-def mark_worker_dead(pid: int) -> None:
-    """Drop a dead worker's live gauges (gunicorn's child_exit)."""
-    if multiprocess_dir() is not None:
-        multiprocess.mark_process_dead(pid)
+    return {pid: figures for pid, figures in workers.items() if MAX_CONNECTIONS in figures}

@@ -27,6 +27,7 @@ import psycopg2.errors
 from flask import Flask, current_app
 
 from .. import metrics
+from ..capacity import Budget, server_capacity
 from ..config import Settings
 from ..context import request_state
 from ..forking import after_fork_in_child
@@ -211,36 +212,18 @@ def check_capacity(app: Flask) -> dict[str, Any]:
     Raises DatabaseUnavailable when the server cannot be reached.
     """
     database = _database(app)
-    s = database.settings
     with app.app_context():
         row = execute_query_one(
             "SELECT current_setting('max_connections')::int AS max_connections,"
             " current_setting('superuser_reserved_connections')::int"
             " + coalesce(current_setting('reserved_connections', true)::int, 0) AS reserved_connections"
         )
-    usable = row["max_connections"] - row["reserved_connections"]
-    needed = s.max_server_connections_needed
-    capacity = {
-        "server_max_connections": row["max_connections"],
-        "server_reserved_connections": row["reserved_connections"],
-        "server_usable_connections": usable,
-        "configured_max_connections": needed,
-        "fits": needed <= usable,
-    }
+    budget = Budget.from_settings(database.settings)
+    capacity = server_capacity(budget, row["max_connections"], row["reserved_connections"])
     database.capacity = capacity
-    if needed > usable:
-        logger.warning(
-            "configured connections do not fit the server: %s hosts x %s workers x %s (DB_POOL_MAX_CONNECTIONS) = %s,"
-            " but the server allows %s (max_connections %s less %s reserved); lower WEB_CONCURRENCY or"
-            " DB_POOL_MAX_CONNECTIONS, or put PgBouncer in front",
-            s.api_hosts,
-            s.web_concurrency,
-            s.db_pool_max_connections,
-            needed,
-            usable,
-            row["max_connections"],
-            row["reserved_connections"],
-        )
+    if not capacity["fits"]:
+        overflow = budget.overflow(row["max_connections"], row["reserved_connections"])
+        logger.warning("configured connections do not fit the server: %s", overflow)
     return capacity
 
 

@@ -10,7 +10,7 @@ import psutil
 import psycopg2
 from flask import Blueprint, current_app, jsonify
 
-from .. import metrics
+from .. import capacity, metrics
 from ..auth import require_health_token
 from ..config import Settings
 from ..errors import retry_after_header
@@ -22,6 +22,7 @@ from ..models.database import (
     execute_query_one,
     pool_stats,
 )
+from ..pool.base import SIZES
 
 bp = Blueprint("health", __name__, url_prefix="/api/health")
 
@@ -60,100 +61,20 @@ def _probe_database(settings: Settings) -> dict[str, Any]:
     return {"reachable": True, "latency_ms": round((time.perf_counter() - started) * 1000, 3), **row}
 
 
-_WORKER_FIELDS = ("in_use", "available", "total", "waiting", "max_connections")
-
-
 def _all_workers(stats: dict[str, Any]) -> dict[str, Any]:
     # Other workers' figures are what they last published (at most about a second old);
     # this worker's are live.
     figures = metrics.worker_pool_figures()
-    figures[os.getpid()] = {key: stats[key] for key in _WORKER_FIELDS}
-    workers = [
-        {"pid": pid, **{key: int(f.get(key, 0)) for key in _WORKER_FIELDS}} for pid, f in sorted(figures.items())
-    ]
-    summed = {key: sum(w[key] for w in workers) for key in _WORKER_FIELDS}
+    figures[os.getpid()] = {key: stats[key] for key in SIZES}
+    workers = [{"pid": pid, **{key: int(f.get(key, 0)) for key in SIZES}} for pid, f in sorted(figures.items())]
+    summed = {key: sum(w[key] for w in workers) for key in SIZES}
     return {"worker_count": len(workers), **summed, "workers": workers}
 
 
-def _warnings(settings: Settings, stats: dict[str, Any], database: dict[str, Any]) -> list[str]:
-    """Judge the status on `stats`: the sum over all workers of this host."""
-    warnings = []
-    usage = stats["in_use"] / stats["max_connections"] if stats["max_connections"] else 0
-    if usage >= settings.db_pool_warn_threshold:
-        warnings.append(
-            f"pool usage {usage:.0%} is at or above DB_POOL_WARN_THRESHOLD ({settings.db_pool_warn_threshold:.0%})"
-        )
-    if stats["waiting"]:
-        warnings.append(f"{stats['waiting']} requests are waiting for a database connection")
-    if database.get("busy"):
-        warnings.append("the health probe could not get a connection in time: the pool is saturated")
-    elif database.get("reachable") and database.get("error"):
-        warnings.append(f"the health probe query failed: {database['error']}")
-    return warnings
-
-
 def _recommendations(settings: Settings, stats: dict[str, Any], database: dict[str, Any]) -> dict[str, Any]:
-    s = settings
-    server_max = database.get("server_max_connections") or (capacity_info() or {}).get("server_max_connections")
-    total_max = s.max_server_connections_needed
-    processes = s.api_hosts * s.web_concurrency
-    # Each thread holds at most one connection, so fewer than `threads` makes requests wait;
-    # more than the server's share per process cannot all be opened.
-    optimal = {"low": s.gunicorn_threads, "high": s.gunicorn_threads}
-    if server_max:
-        optimal["high"] = max(s.gunicorn_threads, (server_max - 3) // processes)
-    advice = []
-    if s.db_pool_mode == "null":
-        advice.append("DB_POOL_MODE=null opens a connection for every query; use pool unless PgBouncer pools for you")
-    if s.db_pool_max_connections < s.gunicorn_threads:
-        advice.append(
-            f"GUNICORN_THREADS ({s.gunicorn_threads}) is above DB_POOL_MAX_CONNECTIONS "
-            f"({s.db_pool_max_connections}): threads wait for connections; raise DB_POOL_MAX_CONNECTIONS "
-            f"to {s.gunicorn_threads}"
-        )
-    if server_max and total_max > server_max:
-        advice.append(
-            f"{s.api_hosts} hosts x {s.web_concurrency} workers x {s.db_pool_max_connections} connections "
-            f"= {total_max}, above the server's max_connections ({server_max}): lower WEB_CONCURRENCY or "
-            "DB_POOL_MAX_CONNECTIONS, or put PgBouncer in front"
-        )
-    timeouts = stats.get("timeouts", 0) + stats.get("rejected", 0)
-    if timeouts:
-        advice.append(
-            f"{timeouts} requests found no free connection since start: look for slow queries first, "
-            f"then raise DB_POOL_MAX_CONNECTIONS (up to {optimal['high']}) or add workers"
-        )
-    peak = stats.get("peak_in_use", 0)
-    if (
-        stats.get("acquisitions", 0) >= 1000
-        and not timeouts
-        and peak < stats["max_connections"] / 2
-        and stats["max_connections"] > s.gunicorn_threads
-    ):
-        advice.append(
-            f"peak use is {peak} of {stats['max_connections']} connections: DB_POOL_MAX_CONNECTIONS "
-            f"could be lowered to {max(peak, s.gunicorn_threads)} to spare server connections"
-        )
-    if stats.get("discarded"):
-        advice.append(f"{stats['discarded']} broken connections were discarded: check the server log and network")
-    if stats.get("leaks_detected"):
-        advice.append(
-            f"{stats['leaks_detected']} connections were held past DB_POOL_LEAK_THRESHOLD "
-            f"({s.db_pool_leak_threshold:g} s): the log names the endpoints"
-        )
-    return {
-        "current": {
-            "workers": s.web_concurrency,
-            "threads": s.gunicorn_threads,
-            "hosts": s.api_hosts,
-            "min_connections": s.db_pool_min_connections,
-            "max_connections": s.db_pool_max_connections,
-            "total_max_connections": total_max,
-            "server_max_connections": server_max,
-        },
-        "optimal_max_connections": optimal,
-        "advice": advice or ["no change needed"],
-    }
+    known = capacity_info() or {}
+    server_max = database.get("server_max_connections") or known.get("server_max_connections")
+    return capacity.recommendations(settings, stats, server_max, known.get("server_reserved_connections"))
 
 
 @bp.get("/db")
@@ -164,7 +85,7 @@ def database_health():
     database = _probe_database(settings)
     stats = pool_stats()
     all_workers = _all_workers(stats)
-    warnings = _warnings(settings, all_workers, database)
+    warnings = capacity.pool_warnings(settings, all_workers, database)
     if database["reachable"] is False:
         status = "error"
     elif warnings:
