@@ -1,14 +1,15 @@
-"""The operator docs name every setting the code reads."""
+"""The operator docs name every setting the code reads, as its declaration describes it."""
 
 import re
 from pathlib import Path
 
 import pytest
 
-from apps.api.app.config import _DEFAULTS
+from apps.api.app.config import SETTING_NAMES
+from devtools import settings_docs
 
 ROOT = Path(__file__).resolve().parent.parent
-SETTINGS = sorted({*_DEFAULTS, "APP_ENV"})
+SETTINGS = sorted(SETTING_NAMES)
 
 
 @pytest.mark.parametrize("name", SETTINGS)
@@ -26,3 +27,7 @@ def test_template_names_only_real_settings():
     template = (ROOT / ".env.production.template").read_text()
     names = set(re.findall(r"^([A-Z_]+)=", template, re.MULTILINE))
     assert names <= set(SETTINGS)
+
+
+def test_readme_table_and_template_are_generated_from_the_declarations():
+    assert settings_docs.main(["--check"]) == 0, "run: python -m devtools.settings_docs"

@@ -1,8 +1,14 @@
-"""Every setting of the API, read once from the environment and checked at startup.
+"""Every setting of the API: declared once, read once from the environment, checked at startup.
+
+Each setting is one annotated field of `Settings`: its type, its rule (the range that
+validation enforces and whose sentence a bad value gets), its documentation (`Doc`) and
+its default. Loading is pydantic-settings'; the README's settings table and
+`.env.production.template` are generated from the same declarations
+(`python -m devtools.settings_docs`), and a test keeps them in step.
 
 `APP_ENV` (dev, preprod, production, test) picks `.env.<APP_ENV>` at the project root;
 variables already in the real environment win over the file. `.env.production.template`
-documents every variable; it is never loaded.
+is never loaded.
 """
 
 from __future__ import annotations
@@ -10,69 +16,310 @@ from __future__ import annotations
 import math
 import os
 import re
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass, fields
+from collections.abc import Mapping
+from contextvars import ContextVar
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Annotated, Any
 from urllib.parse import urlsplit
 
-from dotenv import dotenv_values
+import pydantic
+from pydantic import GetCoreSchemaHandler, ValidationInfo, field_validator, model_validator
+from pydantic.fields import FieldInfo
+from pydantic_core import core_schema
+from pydantic_settings import BaseSettings, NoDecode, PydanticBaseSettingsSource, SettingsConfigDict
 
 PROJECT_ROOT = Path(__file__).resolve().parents[3]
 APP_ENVS = ("dev", "preprod", "production", "test")
 POOL_MODES = ("pool", "null")
+# Environments that refuse development secrets and short ones.
+STRICT_ENVS = ("production", "preprod")
+MIN_SECRET_LENGTH = 32
 DEV_DEFAULT_SECRETS = frozenset(
     {"dev-secret-key-change-me", "dev-health-token", "test-secret-key", "test-health-token"}
 )
+GENERATE_SECRET = "python -c 'import secrets; print(secrets.token_urlsafe(32))'"  # noqa: S105 (a command, not a secret)
 
 
 class ConfigError(ValueError):
     """A setting is missing or has a value the API cannot run with."""
 
 
+# -- rules: how a value is read, what it may be, and the sentence a bad one gets ---------------
+
+
 @dataclass(frozen=True)
-class Settings:
-    """The API's configuration; field names are the env var names in lower case."""
+class Rule:
+    """Reads one setting's raw value (text from the environment, or a typed default) and checks it.
 
-    app_env: str
-    database_url: str
-    secret_key: str
-    health_api_token: str
-    db_pool_mode: str
-    db_pool_min_connections: int
-    db_pool_max_connections: int
-    db_pool_timeout: float
-    db_pool_max_waiting: int
-    db_pool_max_lifetime: float
-    db_pool_idle_timeout: float
-    db_pool_ping_after: float
-    db_pool_leak_threshold: float
-    db_pool_warn_threshold: float
-    db_connect_timeout: int
-    db_statement_timeout_ms: int
-    db_idle_in_transaction_timeout_ms: int
-    db_lock_timeout_ms: int
-    db_retry_after: int
-    web_concurrency: int
-    gunicorn_threads: int
-    api_hosts: int
-    port: int
-    bind_host: str
-    log_level: str
-    log_format: str
-    max_content_length: int
-    token_ttl_seconds: int
-    dashboard_cache_seconds: float
-    login_max_failures_per_account: int
-    login_max_failures_per_address: int
-    login_failure_window_seconds: int
-    trusted_proxies: int
-    cors_origins: tuple[str, ...]
-    cors_allow_credentials: bool
-    hsts_max_age: int
+    `parse` returns the value or raises ValueError with a sentence naming the variable;
+    `describe` says what values are allowed, for the docs.
+    """
 
-    def database_url_redacted(self) -> str:
-        """Return DATABASE_URL with its password replaced, safe for logs and replies."""
-        return redact_url(self.database_url)
+    def parse(self, name: str, raw: Any) -> Any:
+        """Return the value of `raw` for setting `name`; raise ValueError with a sentence."""
+        raise NotImplementedError
+
+    def describe(self) -> str:
+        """Return the allowed values, in a few words."""
+        raise NotImplementedError
+
+    def show(self, value: Any) -> str:
+        """Return a value as the docs write it."""
+        return str(value)
+
+    def __get_pydantic_core_schema__(self, source: Any, handler: GetCoreSchemaHandler) -> core_schema.CoreSchema:
+        """Validate the field with `parse`, before pydantic's own type check."""
+        return core_schema.with_info_before_validator_function(self._validate, handler(source))
+
+    def _validate(self, value: Any, info: ValidationInfo) -> Any:
+        return self.parse(info.field_name.upper(), value)
+
+
+def _text(raw: Any) -> str:
+    return "" if raw is None else str(raw)
+
+
+def _number(name: str, raw: Any, what: str, positive: bool) -> float:
+    text = _text(raw)
+    try:
+        value = float(text.strip())
+    except ValueError:
+        raise ValueError(f"{name} must be {what}, got {text!r}.") from None
+    if not math.isfinite(value):
+        raise ValueError(f"{name} must be a finite number, got {text!r}.")
+    if positive and value <= 0:
+        raise ValueError(f"{name} must be greater than 0, got {text!r}.")
+    if value < 0:
+        raise ValueError(f"{name} must be 0 or more, got {text!r}.")
+    return value
+
+
+@dataclass(frozen=True)
+class Whole(Rule):
+    """A whole number, at least `minimum`; with `maximum`, a named range (`what`)."""
+
+    minimum: int
+    maximum: int | None = None
+    what: str = "a whole number"
+    unit: str = ""
+
+    def parse(self, name: str, raw: Any) -> int:
+        """Return the integer; raise ValueError naming `name` when it is not one or out of range."""
+        try:
+            value = int(_text(raw).strip())
+        except ValueError:
+            raise ValueError(f"{name} must be a whole number, got {_text(raw)!r}.") from None
+        if self.maximum is not None and not self.minimum <= value <= self.maximum:
+            raise ValueError(f"{name} must be {self.what} ({self.minimum} to {self.maximum}), got {value}.")
+        if value < self.minimum:
+            raise ValueError(f"{name} must be at least {self.minimum}, got {value}.")
+        return value
+
+    def describe(self) -> str:
+        """Return the range."""
+        if self.maximum is not None:
+            return f"{self.minimum} to {self.maximum}"
+        return f"{self.minimum} or more"
+
+    def show(self, value: Any) -> str:
+        """Return the number with its unit."""
+        return f"{value} {self.unit}".strip()
+
+
+@dataclass(frozen=True)
+class Seconds(Rule):
+    """A finite number of seconds, greater than 0 (or 0 or more when not `positive`)."""
+
+    positive: bool = True
+
+    def parse(self, name: str, raw: Any) -> float:
+        """Return the seconds; raise ValueError naming `name` when not a finite number in range."""
+        return _number(name, raw, "a number of seconds", self.positive)
+
+    def describe(self) -> str:
+        """Return the range."""
+        return "> 0" if self.positive else "0 or more"
+
+    def show(self, value: Any) -> str:
+        """Return the seconds with their unit."""
+        return f"{value:g} s"
+
+
+@dataclass(frozen=True)
+class Fraction(Rule):
+    """A share of something: greater than 0, at most 1."""
+
+    of: str
+
+    def parse(self, name: str, raw: Any) -> float:
+        """Return the fraction; raise ValueError naming `name` when not in (0, 1]."""
+        value = _number(name, raw, "a number", positive=True)
+        if value > 1:
+            raise ValueError(f"{name} is a fraction of {self.of} (0 to 1), got {value}.")
+        return value
+
+    def describe(self) -> str:
+        """Return the range."""
+        return "> 0, at most 1"
+
+    def show(self, value: Any) -> str:
+        """Return the fraction."""
+        return f"{value:g}"
+
+
+@dataclass(frozen=True)
+class Choice(Rule):
+    """One of a few words, any case."""
+
+    choices: tuple[str, ...]
+
+    def parse(self, name: str, raw: Any) -> str:
+        """Return the word in lower case; raise ValueError naming `name` when it is not a choice."""
+        value = _text(raw).strip().lower()
+        if value not in self.choices:
+            raise ValueError(f"{name} must be one of {', '.join(self.choices)}, got {_text(raw)!r}.")
+        return value
+
+    def describe(self) -> str:
+        """Return the choices."""
+        return " \\| ".join(f"`{choice}`" for choice in self.choices)
+
+    def show(self, value: Any) -> str:
+        """Return the word as code."""
+        return f"`{value}`"
+
+
+@dataclass(frozen=True)
+class Boolean(Rule):
+    """true or false (also 1/0, yes/no)."""
+
+    def parse(self, name: str, raw: Any) -> bool:
+        """Return the boolean; raise ValueError naming `name` for anything else."""
+        if isinstance(raw, bool):
+            return raw
+        value = _text(raw).strip().lower()
+        if value not in ("true", "false", "1", "0", "yes", "no"):
+            raise ValueError(f"{name} must be true or false, got {_text(raw)!r}.")
+        return value in ("true", "1", "yes")
+
+    def describe(self) -> str:
+        """Return the choices."""
+        return "`true` \\| `false`"
+
+    def show(self, value: Any) -> str:
+        """Return the boolean as code."""
+        return f"`{str(value).lower()}`"
+
+
+@dataclass(frozen=True)
+class Text(Rule):
+    """Free text, trimmed unless `keep_spaces`."""
+
+    keep_spaces: bool = False
+
+    def parse(self, name: str, raw: Any) -> str:
+        """Return the text."""
+        text = _text(raw)
+        return text if self.keep_spaces else text.strip()
+
+    def describe(self) -> str:
+        """Return what is allowed."""
+        return "text"
+
+    def show(self, value: Any) -> str:
+        """Return the text as code."""
+        return f"`{value}`" if value else "empty"
+
+
+@dataclass(frozen=True)
+class DatabaseURL(Rule):
+    """A required libpq URL (postgresql://...); its password never appears in a sentence."""
+
+    def parse(self, name: str, raw: Any) -> str:
+        """Return the URL; raise ValueError naming `name` when it is missing or not PostgreSQL's."""
+        value = _text(raw).strip()
+        if not value:
+            raise ValueError(f"{name} is not set; set it to postgresql://user:password@host:5432/dbname.")
+        if not value.startswith(("postgresql://", "postgres://")):
+            raise ValueError(f"{name} must start with postgresql://, got {redact_url(value)!r}.")
+        return value
+
+    def describe(self) -> str:
+        """Return what is allowed."""
+        return "`postgresql://` URL"
+
+
+@dataclass(frozen=True)
+class Secret(Rule):
+    """A required secret; strict environments refuse development defaults and short ones (see Settings)."""
+
+    def parse(self, name: str, raw: Any) -> str:
+        """Return the secret; raise ValueError naming `name` when it is not set."""
+        value = _text(raw)
+        if not value:
+            raise ValueError(f"{name} is not set; generate one with: {GENERATE_SECRET}.")
+        return value
+
+    def describe(self) -> str:
+        """Return what is allowed."""
+        return f"{MIN_SECRET_LENGTH}+ characters in {' and '.join(STRICT_ENVS)}"
+
+
+_ORIGIN = re.compile(r"^https?://[A-Za-z0-9.-]+(:[0-9]{1,5})?$")
+
+
+@dataclass(frozen=True)
+class Origins(Rule):
+    """Comma-separated browser origins (scheme://host[:port]), or * alone."""
+
+    def parse(self, name: str, raw: Any) -> tuple[str, ...]:
+        """Return the origins; raise ValueError naming `name` for anything that is not one."""
+        if isinstance(raw, tuple):
+            return raw
+        origins = tuple(origin.strip().rstrip("/") for origin in _text(raw).split(",") if origin.strip())
+        for origin in origins:
+            if origin != "*" and not _ORIGIN.match(origin):
+                raise ValueError(
+                    f"{name} lists {origin!r}, which is not an origin; use scheme://host[:port] without a path, "
+                    "comma-separated (or * for any origin, without credentials)."
+                )
+        if "*" in origins and len(origins) > 1:
+            raise ValueError(f"{name} is * or a list of origins, not both.")
+        return origins
+
+    def describe(self) -> str:
+        """Return what is allowed."""
+        return "comma-separated `scheme://host[:port]`, or `*`"
+
+    def show(self, value: Any) -> str:
+        """Return the origins."""
+        return ", ".join(value) if value else "empty"
+
+
+# -- docs: what each setting means, for the README table and the production template ----------
+
+ENVIRONMENT = "Environment"
+SECRETS = "Secrets (required; production and preprod refuse dev defaults and anything under 32 characters)"
+POOL = "Connection pool (one per gunicorn worker)"
+CONNECTION = "Every connection"
+SERVER = "gunicorn"
+HTTP = "HTTP"
+SECURITY = "Security"
+
+
+@dataclass(frozen=True)
+class Doc:
+    """A setting's documentation: its section, what it means, and the docs' words for its default.
+
+    `production` is the value `.env.production.template` suggests when it differs from
+    the default; `default` replaces the default's rendering when it needs words.
+    """
+
+    section: str
+    meaning: str
+    production: str | None = None
+    default: str | None = None
 
 
 def redact_url(url: str) -> str:
@@ -84,209 +331,249 @@ def redact_url(url: str) -> str:
     return parts._replace(netloc=netloc).geturl()
 
 
-# The defaults every environment starts from; .env.<APP_ENV> and the environment override them.
-_DEFAULTS: dict[str, str] = {
-    "DATABASE_URL": "",
-    "SECRET_KEY": "",
-    "HEALTH_API_TOKEN": "",
-    "DB_POOL_MODE": "pool",
-    "DB_POOL_MIN_CONNECTIONS": "2",
-    "DB_POOL_MAX_CONNECTIONS": "10",
-    "DB_POOL_TIMEOUT": "5",
-    "DB_POOL_MAX_WAITING": "64",
-    "DB_POOL_MAX_LIFETIME": "3600",
-    "DB_POOL_IDLE_TIMEOUT": "300",
-    "DB_POOL_PING_AFTER": "30",
-    "DB_POOL_LEAK_THRESHOLD": "30",
-    "DB_POOL_WARN_THRESHOLD": "0.6",
-    "DB_CONNECT_TIMEOUT": "5",
-    "DB_STATEMENT_TIMEOUT_MS": "15000",
-    "DB_IDLE_IN_TRANSACTION_TIMEOUT_MS": "30000",
-    "DB_LOCK_TIMEOUT_MS": "5000",
-    "DB_RETRY_AFTER": "2",
-    "WEB_CONCURRENCY": "2",
-    "GUNICORN_THREADS": "8",
-    "API_HOSTS": "1",
-    "PORT": "8000",
-    "BIND_HOST": "127.0.0.1",
-    "LOG_LEVEL": "info",
-    "LOG_FORMAT": "",
-    "MAX_CONTENT_LENGTH": str(1024 * 1024),
-    "TOKEN_TTL_SECONDS": "3600",
-    "DASHBOARD_CACHE_SECONDS": "5",
-    "LOGIN_MAX_FAILURES_PER_ACCOUNT": "5",
-    "LOGIN_MAX_FAILURES_PER_ADDRESS": "50",
-    "LOGIN_FAILURE_WINDOW_SECONDS": "900",
-    "TRUSTED_PROXIES": "0",
-    "CORS_ORIGINS": "",
-    "CORS_ALLOW_CREDENTIALS": "false",
-    "HSTS_MAX_AGE": "0",
-}
+# The mapping of environment variables the settings read (os.environ, or a test's own).
+_environ: ContextVar[Mapping[str, str]] = ContextVar("rentals_settings_environ")
 
 
-def _env_file_values(app_env: str) -> dict[str, str]:
-    path = PROJECT_ROOT / f".env.{app_env}"
-    if not path.is_file():
-        return {}
-    return {key: value for key, value in dotenv_values(path).items() if value is not None}
+class _EnvironSource(PydanticBaseSettingsSource):
+    """The declared settings found in the environment mapping load_settings was given."""
+
+    def get_field_value(self, field: FieldInfo, field_name: str) -> tuple[Any, str, bool]:
+        """Return the variable's raw text, if set."""
+        return _environ.get().get(field_name.upper()), field_name, False
+
+    def __call__(self) -> dict[str, Any]:
+        """Return every declared setting the mapping sets, by field name."""
+        environ = _environ.get()
+        return {name: environ[name.upper()] for name in self.settings_cls.model_fields if name.upper() in environ}
 
 
-def _integer(name: str, raw: str, *, minimum: int | None = None) -> int:
-    try:
-        value = int(raw.strip())
-    except ValueError:
-        raise ConfigError(f"{name} must be a whole number, got {raw!r}.") from None
-    if minimum is not None and value < minimum:
-        raise ConfigError(f"{name} must be at least {minimum}, got {value}.")
-    return value
+class Settings(BaseSettings):
+    """The API's configuration; field names are the env var names in lower case."""
 
+    model_config = SettingsConfigDict(frozen=True, extra="ignore", validate_default=True)
 
-def _number(name: str, raw: str, *, positive: bool = True) -> float:
-    try:
-        value = float(raw.strip())
-    except ValueError:
-        raise ConfigError(f"{name} must be a number of seconds, got {raw!r}.") from None
-    if not math.isfinite(value):
-        raise ConfigError(f"{name} must be a finite number, got {raw!r}.")
-    if positive and value <= 0:
-        raise ConfigError(f"{name} must be greater than 0, got {raw!r}.")
-    if value < 0:
-        raise ConfigError(f"{name} must be 0 or more, got {raw!r}.")
-    return value
+    app_env: Annotated[str, Choice(APP_ENVS), Doc(ENVIRONMENT, "picks `.env.<APP_ENV>`", "production")] = "dev"
+    database_url: Annotated[
+        str,
+        DatabaseURL(),
+        Doc(
+            SECRETS,
+            "the server's libpq URL; the role needs no superuser rights (README, Deploying)",
+            "postgresql://rentals:CHANGE_ME@db.internal:5432/rentals",
+            "required",
+        ),
+    ] = ""
+    secret_key: Annotated[
+        str, Secret(), Doc(SECRETS, f"signs login tokens; generate one with {GENERATE_SECRET}", "", "required")
+    ] = ""
+    health_api_token: Annotated[
+        str,
+        Secret(),
+        Doc(SECRETS, "bearer token for `/api/health/db*` and `/metrics`; generate it like SECRET_KEY", "", "required"),
+    ] = ""
+    db_pool_mode: Annotated[
+        str,
+        Choice(POOL_MODES),
+        Doc(POOL, "`pool` keeps connections; `null` opens one per use (behind PgBouncer, or as a baseline)"),
+    ] = "pool"
+    db_pool_min_connections: Annotated[
+        int, Whole(0), Doc(POOL, "connections opened at worker start and kept at least; <= DB_POOL_MAX_CONNECTIONS")
+    ] = 2
+    db_pool_max_connections: Annotated[
+        int, Whole(1), Doc(POOL, "most connections one worker holds; >= GUNICORN_THREADS")
+    ] = 10
+    db_pool_timeout: Annotated[float, Seconds(), Doc(POOL, "wait for a free connection, then 503")] = 5
+    db_pool_max_waiting: Annotated[
+        int, Whole(0), Doc(POOL, "requests that may wait at once per worker; beyond, 503 at once")
+    ] = 64
+    db_pool_max_lifetime: Annotated[
+        float, Seconds(), Doc(POOL, "a connection lives at most this long (less up to 10 % jitter), then is recycled")
+    ] = 3600
+    db_pool_idle_timeout: Annotated[
+        float,
+        Seconds(),
+        Doc(POOL, "idle connections above the minimum unused for a whole period are closed (after 1 to 2 periods)"),
+    ] = 300
+    db_pool_ping_after: Annotated[
+        float, Seconds(positive=False), Doc(POOL, "ping a connection idle this long before use; 0 pings every time")
+    ] = 30
+    db_pool_leak_threshold: Annotated[
+        float, Seconds(), Doc(POOL, "log a connection held this long as a possible leak")
+    ] = 30
+    db_pool_warn_threshold: Annotated[
+        float, Fraction("the pool"), Doc(POOL, "share of the pool in use at which `/api/health/db` says warning")
+    ] = 0.6
+    db_connect_timeout: Annotated[
+        int, Whole(1, unit="s"), Doc(CONNECTION, "seconds to wait for the server to accept a connection (TCP + auth)")
+    ] = 5
+    db_statement_timeout_ms: Annotated[
+        int, Whole(0, unit="ms"), Doc(CONNECTION, "the server cancels slower statements (503); 0: no limit")
+    ] = 15000
+    db_idle_in_transaction_timeout_ms: Annotated[
+        int, Whole(0, unit="ms"), Doc(CONNECTION, "the server ends sessions idle inside a transaction; 0: no limit")
+    ] = 30000
+    db_lock_timeout_ms: Annotated[
+        int, Whole(0, unit="ms"), Doc(CONNECTION, "lock waits fail after this (503); 0: no limit")
+    ] = 5000
+    db_retry_after: Annotated[int, Whole(1, unit="s"), Doc(CONNECTION, "`Retry-After` on every 503")] = 2
+    web_concurrency: Annotated[int, Whole(1), Doc(SERVER, "gunicorn worker processes per host; 2 to 4 per core")] = 2
+    gunicorn_threads: Annotated[int, Whole(1), Doc(SERVER, "threads per worker; <= DB_POOL_MAX_CONNECTIONS")] = 8
+    api_hosts: Annotated[
+        int, Whole(1), Doc(SERVER, "hosts running this API against the same database (the capacity check)")
+    ] = 1
+    port: Annotated[int, Whole(1, 65535, "a TCP port"), Doc(SERVER, "listen port")] = 8000
+    bind_host: Annotated[
+        str,
+        Text(),
+        Doc(SERVER, "listen address; `0.0.0.0` behind a load balancer or in a container", "0.0.0.0"),  # noqa: S104
+    ] = "127.0.0.1"
+    log_level: Annotated[str, Choice(("debug", "info", "warning", "error", "critical")), Doc(SERVER, "log level")] = (
+        "info"
+    )
+    log_format: Annotated[
+        str,
+        Choice(("json", "text")),
+        Doc(
+            SERVER,
+            "one JSON object per line (request id, method, path, status, duration, pool wait, user id),"
+            " or readable lines",
+            "json",
+            "`json` in production and preprod, `text` elsewhere",
+        ),
+    ] = ""
+    max_content_length: Annotated[int, Whole(1, unit="bytes"), Doc(HTTP, "larger request bodies get 413")] = 1024 * 1024
+    token_ttl_seconds: Annotated[int, Whole(60, unit="s"), Doc(HTTP, "login token lifetime")] = 3600
+    dashboard_cache_seconds: Annotated[
+        float,
+        Seconds(positive=False),
+        Doc(HTTP, "a worker reuses its last dashboard this long (`generated_at` tells); 0 disables"),
+    ] = 5
+    login_max_failures_per_account: Annotated[
+        int,
+        Whole(1),
+        Doc(SECURITY, "failed logins (401) of one email per window; beyond, 429 even for the right password"),
+    ] = 5
+    login_max_failures_per_address: Annotated[
+        int, Whole(1), Doc(SECURITY, "failed logins from one client address per window, whatever the account")
+    ] = 50
+    login_failure_window_seconds: Annotated[int, Whole(1, unit="s"), Doc(SECURITY, "the login limits' window")] = 900
+    trusted_proxies: Annotated[
+        int,
+        Whole(0),
+        Doc(
+            SECURITY,
+            "proxies in front whose `X-Forwarded-For`/`-Proto` to believe: 1 behind one load balancer,"
+            " 0 when clients reach gunicorn directly",
+            "1",
+        ),
+    ] = 0
+    cors_origins: Annotated[
+        tuple[str, ...],
+        NoDecode,
+        Origins(),
+        Doc(SECURITY, "origins allowed to call the API from a browser; empty turns CORS off", "", "empty: CORS off"),
+    ] = ()
+    cors_allow_credentials: Annotated[
+        bool, Boolean(), Doc(SECURITY, "send `Access-Control-Allow-Credentials: true` (refused with `*`)")
+    ] = False
+    hsts_max_age: Annotated[
+        int,
+        Whole(0, unit="s"),
+        Doc(SECURITY, "`Strict-Transport-Security` max-age; set once HTTPS is the only way in", "31536000", "0: off"),
+    ] = 0
 
+    @field_validator("log_format", mode="before")
+    @classmethod
+    def _log_format_for_env(cls, value: Any, info: ValidationInfo) -> Any:
+        # JSON lines where machines read the logs, readable lines where people do.
+        if _text(value).strip():
+            return value
+        return "json" if info.data.get("app_env") in STRICT_ENVS else "text"
 
-def _boolean(name: str, raw: str) -> bool:
-    value = raw.strip().lower()
-    if value not in ("true", "false", "1", "0", "yes", "no"):
-        raise ConfigError(f"{name} must be true or false, got {raw!r}.")
-    return value in ("true", "1", "yes")
-
-
-_ORIGIN = re.compile(r"^https?://[A-Za-z0-9.-]+(:[0-9]{1,5})?$")
-
-
-def _origins(name: str, raw: str) -> tuple[str, ...]:
-    origins = tuple(origin.strip().rstrip("/") for origin in raw.split(",") if origin.strip())
-    for origin in origins:
-        if origin != "*" and not _ORIGIN.match(origin):
-            raise ConfigError(
-                f"{name} lists {origin!r}, which is not an origin; use scheme://host[:port] without a path, "
-                "comma-separated (or * for any origin, without credentials)."
+    @model_validator(mode="after")
+    def _consistent(self) -> Settings:
+        problems = []
+        if self.db_pool_min_connections > self.db_pool_max_connections:
+            problems.append(
+                f"DB_POOL_MIN_CONNECTIONS ({self.db_pool_min_connections}) must not be greater than "
+                f"DB_POOL_MAX_CONNECTIONS ({self.db_pool_max_connections}); lower the first or raise the second."
             )
-    if "*" in origins and len(origins) > 1:
-        raise ConfigError(f"{name} is * or a list of origins, not both.")
-    return origins
+        if self.cors_allow_credentials and "*" in self.cors_origins:
+            problems.append(
+                "CORS_ALLOW_CREDENTIALS=true with CORS_ORIGINS=* would let any site send credentialed requests; "
+                "list the allowed origins instead."
+            )
+        if self.app_env in STRICT_ENVS:
+            for name in ("SECRET_KEY", "HEALTH_API_TOKEN"):
+                value = getattr(self, name.lower())
+                if value in DEV_DEFAULT_SECRETS or len(value) < MIN_SECRET_LENGTH:
+                    problems.append(
+                        f"{name} is a development default or shorter than {MIN_SECRET_LENGTH} characters, which "
+                        f"{self.app_env} refuses; generate one with: {GENERATE_SECRET}."
+                    )
+        if problems:
+            raise ValueError(" ".join(problems))
+        return self
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        """Read, highest first: load_settings' overrides, the environment, then `.env.<APP_ENV>`."""
+        return init_settings, _EnvironSource(settings_cls), dotenv_settings
+
+    def database_url_redacted(self) -> str:
+        """Return DATABASE_URL with its password replaced, safe for logs and replies."""
+        return redact_url(self.database_url)
 
 
-def _choice(name: str, raw: str, choices: tuple[str, ...]) -> str:
-    value = raw.strip().lower()
-    if value not in choices:
-        raise ConfigError(f"{name} must be one of {', '.join(choices)}, got {raw!r}.")
-    return value
+SETTING_NAMES = tuple(name.upper() for name in Settings.model_fields)
 
 
-def load_settings(overrides: Mapping[str, str] | None = None, environ: Mapping[str, str] | None = None) -> Settings:
-    """Read and check every setting; return Settings or raise ConfigError with a sentence.
+def _rule(name: str) -> Rule:
+    return next(m for m in Settings.model_fields[name.lower()].metadata if isinstance(m, Rule))
 
-    Precedence, highest first: `overrides` (tests, tools), the real environment, then the
-    `.env.<APP_ENV>` file, then the defaults above.
+
+def load_settings(overrides: Mapping[str, Any] | None = None, environ: Mapping[str, str] | None = None) -> Settings:
+    """Read and check every setting; return Settings or raise ConfigError with a sentence per problem.
+
+    Precedence, highest first: `overrides` (tests, tools), `environ` (the real environment
+    by default), then the `.env.<APP_ENV>` file, then the declared defaults.
     """
     environ = os.environ if environ is None else environ
-    overrides = dict(overrides or {})
-    app_env = _choice("APP_ENV", overrides.get("APP_ENV") or environ.get("APP_ENV") or "dev", APP_ENVS)
-    raw = {**_DEFAULTS, **_env_file_values(app_env)}
-    raw.update({key: environ[key] for key in _DEFAULTS if key in environ})
-    raw.update({key: str(value) for key, value in overrides.items() if key in _DEFAULTS})
-    unknown = sorted(set(overrides) - set(_DEFAULTS) - {"APP_ENV"})
+    overrides = {key: str(value) for key, value in (overrides or {}).items()}
+    unknown = sorted(set(overrides) - set(SETTING_NAMES))
     if unknown:
         raise ConfigError(f"unknown setting {', '.join(unknown)}; see .env.production.template for the names.")
-
-    get: Callable[[str], str] = raw.__getitem__
-    settings = Settings(
-        app_env=app_env,
-        database_url=get("DATABASE_URL").strip(),
-        secret_key=get("SECRET_KEY"),
-        health_api_token=get("HEALTH_API_TOKEN"),
-        db_pool_mode=_choice("DB_POOL_MODE", get("DB_POOL_MODE"), POOL_MODES),
-        db_pool_min_connections=_integer("DB_POOL_MIN_CONNECTIONS", get("DB_POOL_MIN_CONNECTIONS"), minimum=0),
-        db_pool_max_connections=_integer("DB_POOL_MAX_CONNECTIONS", get("DB_POOL_MAX_CONNECTIONS"), minimum=1),
-        db_pool_timeout=_number("DB_POOL_TIMEOUT", get("DB_POOL_TIMEOUT")),
-        db_pool_max_waiting=_integer("DB_POOL_MAX_WAITING", get("DB_POOL_MAX_WAITING"), minimum=0),
-        db_pool_max_lifetime=_number("DB_POOL_MAX_LIFETIME", get("DB_POOL_MAX_LIFETIME")),
-        db_pool_idle_timeout=_number("DB_POOL_IDLE_TIMEOUT", get("DB_POOL_IDLE_TIMEOUT")),
-        db_pool_ping_after=_number("DB_POOL_PING_AFTER", get("DB_POOL_PING_AFTER"), positive=False),
-        db_pool_leak_threshold=_number("DB_POOL_LEAK_THRESHOLD", get("DB_POOL_LEAK_THRESHOLD")),
-        db_pool_warn_threshold=_number("DB_POOL_WARN_THRESHOLD", get("DB_POOL_WARN_THRESHOLD")),
-        db_connect_timeout=_integer("DB_CONNECT_TIMEOUT", get("DB_CONNECT_TIMEOUT"), minimum=1),
-        db_statement_timeout_ms=_integer("DB_STATEMENT_TIMEOUT_MS", get("DB_STATEMENT_TIMEOUT_MS"), minimum=0),
-        db_idle_in_transaction_timeout_ms=_integer(
-            "DB_IDLE_IN_TRANSACTION_TIMEOUT_MS", get("DB_IDLE_IN_TRANSACTION_TIMEOUT_MS"), minimum=0
-        ),
-        db_lock_timeout_ms=_integer("DB_LOCK_TIMEOUT_MS", get("DB_LOCK_TIMEOUT_MS"), minimum=0),
-        db_retry_after=_integer("DB_RETRY_AFTER", get("DB_RETRY_AFTER"), minimum=1),
-        web_concurrency=_integer("WEB_CONCURRENCY", get("WEB_CONCURRENCY"), minimum=1),
-        gunicorn_threads=_integer("GUNICORN_THREADS", get("GUNICORN_THREADS"), minimum=1),
-        api_hosts=_integer("API_HOSTS", get("API_HOSTS"), minimum=1),
-        port=_integer("PORT", get("PORT"), minimum=1),
-        bind_host=get("BIND_HOST").strip(),
-        log_level=_choice("LOG_LEVEL", get("LOG_LEVEL"), ("debug", "info", "warning", "error", "critical")),
-        # JSON lines where machines read the logs, readable lines where people do.
-        log_format=_choice(
-            "LOG_FORMAT",
-            get("LOG_FORMAT") or ("json" if app_env in ("production", "preprod") else "text"),
-            ("json", "text"),
-        ),
-        max_content_length=_integer("MAX_CONTENT_LENGTH", get("MAX_CONTENT_LENGTH"), minimum=1),
-        token_ttl_seconds=_integer("TOKEN_TTL_SECONDS", get("TOKEN_TTL_SECONDS"), minimum=60),
-        dashboard_cache_seconds=_number("DASHBOARD_CACHE_SECONDS", get("DASHBOARD_CACHE_SECONDS"), positive=False),
-        login_max_failures_per_account=_integer(
-            "LOGIN_MAX_FAILURES_PER_ACCOUNT", get("LOGIN_MAX_FAILURES_PER_ACCOUNT"), minimum=1
-        ),
-        login_max_failures_per_address=_integer(
-            "LOGIN_MAX_FAILURES_PER_ADDRESS", get("LOGIN_MAX_FAILURES_PER_ADDRESS"), minimum=1
-        ),
-        login_failure_window_seconds=_integer(
-            "LOGIN_FAILURE_WINDOW_SECONDS", get("LOGIN_FAILURE_WINDOW_SECONDS"), minimum=1
-        ),
-        trusted_proxies=_integer("TRUSTED_PROXIES", get("TRUSTED_PROXIES"), minimum=0),
-        cors_origins=_origins("CORS_ORIGINS", get("CORS_ORIGINS")),
-        cors_allow_credentials=_boolean("CORS_ALLOW_CREDENTIALS", get("CORS_ALLOW_CREDENTIALS")),
-        hsts_max_age=_integer("HSTS_MAX_AGE", get("HSTS_MAX_AGE"), minimum=0),
-    )
-    _check(settings)
-    return settings
+    try:
+        app_env = _rule("APP_ENV").parse("APP_ENV", overrides.get("APP_ENV") or environ.get("APP_ENV") or "dev")
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
+    token = _environ.set(environ)
+    try:
+        env_file = PROJECT_ROOT / f".env.{app_env}"
+        values = {key.lower(): value for key, value in overrides.items()}
+        values["app_env"] = app_env
+        return Settings(_env_file=env_file if env_file.is_file() else None, **values)
+    except pydantic.ValidationError as exc:
+        raise ConfigError(" ".join(_sentence(error) for error in exc.errors())) from None
+    finally:
+        _environ.reset(token)
 
 
-def _check(s: Settings) -> None:
-    if s.db_pool_min_connections > s.db_pool_max_connections:
-        raise ConfigError(
-            f"DB_POOL_MIN_CONNECTIONS ({s.db_pool_min_connections}) must not be greater than "
-            f"DB_POOL_MAX_CONNECTIONS ({s.db_pool_max_connections}); lower the first or raise the second."
-        )
-    if s.db_pool_warn_threshold > 1:
-        raise ConfigError(f"DB_POOL_WARN_THRESHOLD is a fraction of the pool (0 to 1), got {s.db_pool_warn_threshold}.")
-    if s.port > 65535:
-        raise ConfigError(f"PORT must be a TCP port (1 to 65535), got {s.port}.")
-    if s.cors_allow_credentials and "*" in s.cors_origins:
-        raise ConfigError(
-            "CORS_ALLOW_CREDENTIALS=true with CORS_ORIGINS=* would let any site send credentialed requests; "
-            "list the allowed origins instead."
-        )
-    if not s.database_url:
-        raise ConfigError("DATABASE_URL is not set; set it to postgresql://user:password@host:5432/dbname.")
-    if not s.database_url.startswith(("postgresql://", "postgres://")):
-        raise ConfigError(f"DATABASE_URL must start with postgresql://, got {redact_url(s.database_url)!r}.")
-    for name in ("SECRET_KEY", "HEALTH_API_TOKEN"):
-        value = getattr(s, name.lower())
-        if not value:
-            raise ConfigError(
-                f"{name} is not set; generate one with: python -c 'import secrets; print(secrets.token_urlsafe(32))'."
-            )
-        if s.app_env in ("production", "preprod") and (value in DEV_DEFAULT_SECRETS or len(value) < 32):
-            raise ConfigError(
-                f"{name} is a development default or shorter than 32 characters, which {s.app_env} refuses; "
-                "generate one with: python -c 'import secrets; print(secrets.token_urlsafe(32))'."
-            )
+def _sentence(error: Any) -> str:
+    # Our rules raise ValueError with a whole sentence; anything else is named by its field.
+    cause = (error.get("ctx") or {}).get("error")
+    if isinstance(cause, ValueError):
+        return str(cause)
+    name = ".".join(str(part) for part in error["loc"]).upper() or "a setting"
+    return f"{name}: {error['msg']}."
 
 
 def settings_as_flask_config(settings: Settings) -> dict[str, object]:
@@ -299,4 +586,35 @@ def settings_as_flask_config(settings: Settings) -> dict[str, object]:
     }
 
 
-SETTING_NAMES = tuple(field.name.upper() for field in fields(Settings))
+@dataclass(frozen=True)
+class SettingDoc:
+    """One setting as the docs show it."""
+
+    name: str
+    section: str
+    default: str
+    allowed: str
+    meaning: str
+    production: str
+
+
+def setting_docs() -> list[SettingDoc]:
+    """Return every setting's documentation, in declaration order, from its declaration."""
+    docs = []
+    for field_name, field in Settings.model_fields.items():
+        rule = next(m for m in field.metadata if isinstance(m, Rule))
+        doc = next(m for m in field.metadata if isinstance(m, Doc))
+        default = doc.default if doc.default is not None else rule.show(field.default)
+        production = doc.production if doc.production is not None else _plain(field.default)
+        docs.append(SettingDoc(field_name.upper(), doc.section, default, rule.describe(), doc.meaning, production))
+    return docs
+
+
+def _plain(value: Any) -> str:
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, float):
+        return f"{value:g}"
+    if isinstance(value, tuple):
+        return ",".join(value)
+    return str(value)
