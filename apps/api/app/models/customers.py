@@ -9,18 +9,12 @@ import psycopg2.errors
 from ..errors import Conflict
 from ..pagination import decode_cursor, page
 from .database import execute_query, execute_query_one, execute_write
+from .statements import like_pattern, update_by_id
 
 COLUMNS = "id, full_name, email, phone, notes, created_at, updated_at"
 # The expression of the trigram index customers_search_trgm_idx, repeated exactly.
 SEARCH = "(full_name || ' ' || coalesce(email, '') || ' ' || coalesce(phone, ''))"
 UPDATABLE = ("full_name", "email", "phone", "notes")
-
-
-def like_pattern(text: str | None) -> str | None:
-    """Return an ILIKE pattern matching `text` anywhere, its wildcards escaped; None for None."""
-    if text is None:
-        return None
-    return "%" + text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
 
 
 def list_customers(q: str | None, limit: int, cursor: str | None) -> dict[str, Any]:
@@ -64,20 +58,8 @@ def update_customer(customer_id: int, changes: dict[str, Any]) -> dict[str, Any]
 
     Raises Conflict when the new email is taken.
     """
-    params = {"id": customer_id}
-    for name in UPDATABLE:
-        params[f"set_{name}"] = name in changes
-        params[name] = changes.get(name)
     try:
-        return execute_write(
-            "UPDATE customers SET"
-            " full_name = CASE WHEN %(set_full_name)s THEN %(full_name)s ELSE full_name END,"
-            " email = CASE WHEN %(set_email)s THEN %(email)s ELSE email END,"
-            " phone = CASE WHEN %(set_phone)s THEN %(phone)s ELSE phone END,"
-            " notes = CASE WHEN %(set_notes)s THEN %(notes)s ELSE notes END,"
-            f" updated_at = now() WHERE id = %(id)s RETURNING {COLUMNS}",
-            params,
-        )
+        return execute_write(*update_by_id("customers", customer_id, changes, UPDATABLE, COLUMNS))
     except psycopg2.errors.UniqueViolation:
         raise _email_taken(changes.get("email")) from None
 

@@ -9,8 +9,8 @@ import psycopg2.errors
 
 from ..errors import Conflict
 from ..pagination import decode_cursor, page
-from .customers import like_pattern
 from .database import execute_query, execute_query_one, execute_write
+from .statements import like_pattern, update_by_id
 
 COLUMNS = "id, sku, name, category, daily_rate_cents, deposit_cents, active, created_at, updated_at"
 # The expression of the trigram index products_search_trgm_idx, repeated exactly.
@@ -85,23 +85,8 @@ def update_product(product_id: int, changes: dict[str, Any]) -> dict[str, Any] |
     A new rate applies to rentals booked from now on; booked ones keep theirs. Raises
     Conflict when the new SKU is taken.
     """
-    params: dict[str, Any] = {"id": product_id}
-    for name in UPDATABLE:
-        params[f"set_{name}"] = name in changes
-        params[name] = changes.get(name)
     try:
-        return execute_write(
-            "UPDATE products SET"
-            " sku = CASE WHEN %(set_sku)s THEN %(sku)s ELSE sku END,"
-            " name = CASE WHEN %(set_name)s THEN %(name)s ELSE name END,"
-            " category = CASE WHEN %(set_category)s THEN %(category)s ELSE category END,"
-            " daily_rate_cents = CASE WHEN %(set_daily_rate_cents)s THEN %(daily_rate_cents)s"
-            "   ELSE daily_rate_cents END,"
-            " deposit_cents = CASE WHEN %(set_deposit_cents)s THEN %(deposit_cents)s ELSE deposit_cents END,"
-            " active = CASE WHEN %(set_active)s THEN %(active)s ELSE active END,"
-            f" updated_at = now() WHERE id = %(id)s RETURNING {COLUMNS}",
-            params,
-        )
+        return execute_write(*update_by_id("products", product_id, changes, UPDATABLE, COLUMNS))
     except psycopg2.errors.UniqueViolation:
         raise _sku_taken(changes.get("sku")) from None
 
