@@ -9,17 +9,14 @@ apiflask 16/31/23 us, flask-smorest 14/59/49 us). See docs/API.md.
 from __future__ import annotations
 
 import copy
-import inspect
 import re
-from collections.abc import Callable
-from functools import wraps
 from typing import Any
 
-import flask_openapi3
 import pydantic
-from flask import Blueprint, Flask, Response, abort, current_app, request
+from flask import Blueprint, Flask, Response, current_app, request
 from flask_openapi3 import Info, SecurityScheme, Tag
 
+from .compat.flask_openapi3 import APIBlueprint
 from .errors import error_response
 from .schemas import REQUEST_PARTS, ErrorOut
 
@@ -61,73 +58,6 @@ def app_options() -> dict[str, Any]:
 
 def _operation_id(*, name: str, path: str, method: str) -> str:
     return name
-
-
-class APIBlueprint(flask_openapi3.APIBlueprint):
-    """flask-openapi3's blueprint; a view whose only input is its URL gets a shorter wrapper.
-
-    flask-openapi3 wraps every view in one function that looks up each part of the request
-    it could validate, then whether replies are validated, through the app proxy; for
-    `GET /api/customers/<id>` that wrapper cost ~12 us of a ~208 us request (in-process,
-    CPU). A view that declares only a path model (reads and deletes by id) gets a wrapper
-    that does the same for it: validate the URL variables with the path model, answer a
-    failure with the app's validation_error_callback (our 400), call the view. This API
-    never validates replies (app_options sets no validate_response), so that step has
-    nothing to do; every other view keeps flask-openapi3's own wrapper.
-    """
-
-    @staticmethod
-    def create_view_func(
-        func: Callable[..., Any],
-        header: Any,
-        cookie: Any,
-        path: Any,
-        query: Any,
-        form: Any,
-        body: Any,
-        raw: Any,
-        view_class: Any = None,
-        view_kwargs: Any = None,
-        responses: Any = None,
-        validate_response: bool | None = None,
-    ) -> Callable[..., Any]:
-        """Return the view flask-openapi3 would register, shorter when only the path is validated."""
-        path_only = path is not None and not any((header, cookie, query, form, body, raw, view_class))
-        if (
-            not path_only
-            or validate_response
-            or inspect.iscoroutinefunction(func)
-            or getattr(func, "__delay_validate_request__", False)
-        ):
-            return flask_openapi3.APIBlueprint.create_view_func(
-                func,
-                header,
-                cookie,
-                path,
-                query,
-                form,
-                body,
-                raw,
-                view_class=view_class,
-                view_kwargs=view_kwargs,
-                responses=responses,
-                validate_response=validate_response,
-            )
-        return _path_view(func, path)
-
-
-def _path_view(func: Callable[..., Any], path_model: type[pydantic.BaseModel]) -> Callable[..., Any]:
-    validate = path_model.model_validate
-
-    @wraps(func)
-    def view_func(**kwargs: Any) -> Any:
-        try:
-            path = validate(kwargs)
-        except pydantic.ValidationError as exc:
-            abort(current_app.validation_error_callback(exc))  # type: ignore[attr-defined]
-        return func(path=path)
-
-    return view_func
 
 
 def api_blueprint(name: str, import_name: str, url_prefix: str, *, secured: bool = True) -> APIBlueprint:

@@ -17,7 +17,6 @@ reads of the counters, a failed one two writes more; no other route touches them
 
 from __future__ import annotations
 
-import functools
 import hashlib
 import json
 import logging
@@ -32,6 +31,7 @@ from flask import Flask, Response, current_app, request
 from flask_limiter import Limiter, RateLimitExceeded
 from limits.storage import Storage
 
+from .compat.flask_limiter import move_request_hooks
 from .errors import error_response
 from .models.database import DatabaseUnavailable, execute_query_one, execute_write
 
@@ -210,27 +210,12 @@ def _too_many_requests(exc: RateLimitExceeded) -> Response:
     )
 
 
-def _is_limiter_hook(hook: Callable) -> bool:
-    if getattr(hook, "__self__", None) is limiter:
-        return True
-    return isinstance(hook, functools.partial) and hook.args[:1] == (limiter,)
-
-
 def init_app(app: Flask, blueprint: str) -> None:
     """Attach the limiter, its hooks running only for `blueprint`'s requests; map its 429 to our shape.
 
-    flask-limiter registers a before_request, an after_request (where the conditional
-    deductions happen) and a teardown hook for the whole app, which cost every request
-    (the hot path included) about 50 us to find it has no limit. Only `blueprint` has
-    limited views, so its hooks move there.
+    flask-limiter's request hooks would otherwise run for every request of the app (see
+    compat/flask_limiter.py); only `blueprint` has limited views.
     """
     limiter.init_app(app)
-    moved = 0
-    for hooks in (app.before_request_funcs, app.after_request_funcs, app.teardown_request_funcs):
-        for hook in [h for h in hooks.get(None, []) if _is_limiter_hook(h)]:
-            hooks[None].remove(hook)
-            hooks.setdefault(blueprint, []).append(hook)
-            moved += 1
-    if moved != 3:
-        raise RuntimeError(f"expected flask-limiter's 3 request hooks on the app, found {moved}; check its version")
+    move_request_hooks(app, limiter, blueprint)
     app.register_error_handler(RateLimitExceeded, _too_many_requests)
