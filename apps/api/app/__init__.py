@@ -27,7 +27,7 @@ def create_app(config: Mapping[str, str] | None = None) -> Flask:
     app = OpenAPI(__name__, static_folder=None, **openapi.app_options())
     app.json = APIJSONProvider(app)
     # A bearer-token API has no cookie session; Flask would otherwise build a signing
-    # serializer for one on every request (about 5 % of a request in the profile).
+    # serializer for one on every request.
     app.session_interface = NoSessionInterface()
     app.config.update(settings_as_flask_config(settings))
     database.init_app(app, settings)

@@ -35,7 +35,8 @@ EXTENSION = "rentals_auth"
 TOKEN_SALT = "rentals-api.user-token"  # noqa: S105  # a namespace for signatures, not a secret
 # How long a worker trusts its cached answer to "is this user active, with which role".
 USER_RECHECK_SECONDS = 30.0
-# Verified tokens kept per worker (a signature check costs ~10 us); cleared when full.
+# Verified tokens kept per worker, so a token's signature is checked once, not per request;
+# cleared when full.
 TOKEN_CACHE_SIZE = 4096
 ROLE_RANK = {"staff": 1, "admin": 2}
 

@@ -67,7 +67,7 @@ def configure_logging(log_format: str, level: str) -> None:
 class _Clock:
     """Formats times like logging's %(asctime)s, so request lines sort with the others.
 
-    strftime and localtime cost about a microsecond; the second-resolution part changes
+    strftime and localtime are not free, and the second-resolution part changes only
     once a second, so it is kept (as one tuple, replaced whole, so threads never see half
     of it) and only the milliseconds are formatted.
     """
@@ -89,10 +89,10 @@ class RequestLog:
     """Writes the one line per request straight to stderr, in the configured format.
 
     The logging module (a LogRecord, handler locks, a formatter that inspects the record)
-    cost a request more than the database read it logged; the profile showed about a sixth
-    of a worker's time there. This writes the same fields, in the same format as every
-    other line, with one os.write per line (atomic for a line this size), so nothing is
-    buffered and nothing is lost if the worker dies. It honours the apps logger's level.
+    cost a request more than the database read it logged (bench/OPTIMIZATIONS.md). This
+    writes the same fields, in the same format as every other line, with one os.write per
+    line (atomic for a line this size), so nothing is buffered and nothing is lost if the
+    worker dies. It honours the apps logger's level.
     """
 
     def __init__(self, log_format: str) -> None:

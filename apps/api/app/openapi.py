@@ -1,9 +1,8 @@
 """The API's OpenAPI side: flask-openapi3's app options, blueprints, validation errors, /api/openapi.json.
 
-flask-openapi3 (with pydantic v2) was chosen for its per-request cost: it validates only
-what a view declares and never re-validates replies; measured on direct WSGI calls it adds
-about 6 us to a detail GET, 7 us to a POST and 11 us to a list (spectree 17/38/38 us,
-apiflask 16/31/23 us, flask-smorest 14/59/49 us). See docs/API.md.
+flask-openapi3 (with pydantic v2) was chosen for its per-request cost, the lowest of the
+validation libraries timed (bench/OPTIMIZATIONS.md and docs/API.md have the figures): it
+validates only what a view declares and never re-validates replies.
 """
 
 from __future__ import annotations

@@ -109,7 +109,7 @@ class SeedResult:
     seconds: float
 
 
-class _Clock:
+class _DayTable:
     """ISO texts of days and times around `today`, built once: formatting dates per row is slow."""
 
     def __init__(self, today: datetime.date, days_back: int, days_ahead: int) -> None:
@@ -118,11 +118,12 @@ class _Clock:
         self.times = [f"{h:02d}:{m:02d}:00+00" for h in range(8, 20) for m in range(0, 60, 5)]
 
     def day(self, ordinal: int) -> str:
+        """Return the ISO text of the day with this ordinal."""
         return self.days[ordinal - self.first]
 
 
 def _customer_rows(rng: random.Random, count: int, today: datetime.date) -> list[str]:
-    clock = _Clock(today, CUSTOMER_HISTORY_DAYS, 0)
+    table = _DayTable(today, CUSTOMER_HISTORY_DAYS, 0)
     today_ord = today.toordinal()
     rows = []
     for cid in range(1, count + 1):
@@ -130,7 +131,7 @@ def _customer_rows(rng: random.Random, count: int, today: datetime.date) -> list
         email = f"{first.lower()}.{last.lower()}{cid}@{rng.choice(EMAIL_DOMAINS)}" if rng.random() < 0.85 else r"\N"
         phone = f"+1-555-{rng.randrange(100, 1000)}-{rng.randrange(10000):04d}" if rng.random() < 0.9 else r"\N"
         notes = rng.choice(NOTES) if rng.random() < 0.1 else r"\N"
-        created = f"{clock.day(today_ord - rng.randrange(CUSTOMER_HISTORY_DAYS))} {rng.choice(clock.times)}"
+        created = f"{table.day(today_ord - rng.randrange(CUSTOMER_HISTORY_DAYS))} {rng.choice(table.times)}"
         rows.append(f"{cid}\t{first} {last}\t{email}\t{phone}\t{notes}\t{created}\t{created}\n")
     return rows
 
@@ -171,9 +172,9 @@ def _rental_rows(
     products = len(rates)
     per_product, extra = divmod(total, products)
     longest = (max(LENGTHS) + max(GAPS)) * (per_product + 1)
-    clock = _Clock(today, longest + 60, longest + 60)
+    table = _DayTable(today, longest + 60, longest + 60)
     today_ord = today.toordinal()
-    times = clock.times
+    times = table.times
     n_times = len(times)
     rand = rng.random
     timelines = []
@@ -200,17 +201,17 @@ def _rental_rows(
                 status = "active"  # not back yet: overdue
             else:
                 status = "returned"
-                returned_at = f"{clock.day(e - (1 if u > 0.7 else 0))} {times[int(rand() * n_times)]}"
+                returned_at = f"{table.day(e - (1 if u > 0.7 else 0))} {times[int(rand() * n_times)]}"
         elif s <= today_ord:
             status = "cancelled" if u < 0.04 else ("reserved" if s == today_ord and u < 0.5 else "active")
         else:
             status = "cancelled" if u < 0.08 else "reserved"
         booked = min(s - int(rand() * 30), today_ord)
-        created_at = f"{clock.day(booked)} {times[int(rand() * n_times)]}"
+        created_at = f"{table.day(booked)} {times[int(rand() * n_times)]}"
         updated_at = returned_at if status == "returned" else created_at
         customer = 1 + int(customers * rand() ** 1.3)
         yield (
-            f"{rid}\t{customer}\t{pid}\t{clock.day(s)}\t{clock.day(e)}\t{status}\t{rate}\t{rate * length}"
+            f"{rid}\t{customer}\t{pid}\t{table.day(s)}\t{table.day(e)}\t{status}\t{rate}\t{rate * length}"
             f"\t\\N\t{created_at}\t{updated_at}\t{returned_at}\n"
         )
 

@@ -117,8 +117,8 @@ class _DashboardCache:
 def get_dashboard_cached() -> dict[str, Any]:
     """Return the dashboard, recomputed at most once every DASHBOARD_CACHE_SECONDS per worker.
 
-    The statement reads the whole rentals table's status counts (about 25 ms at 1M rows);
-    a dashboard polled by every staff screen would otherwise cost one such scan per poll.
+    The statement reads the whole rentals table's status counts, a cost that grows with the
+    table; a dashboard polled by every staff screen would otherwise cost one such scan per poll.
     One thread recomputes while the others wait for its answer (no stampede). Its
     `generated_at` says how old the figures are. 0 seconds disables the cache.
     """

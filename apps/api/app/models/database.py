@@ -46,6 +46,7 @@ __all__ = [
     "PoolClosed",
     "PoolTimeout",
     "TooManyRequests",
+    "capacity_info",
     "check_capacity",
     "close_pool",
     "execute_query",
@@ -56,6 +57,7 @@ __all__ = [
     "get_pool",
     "init_app",
     "open_pool",
+    "pool_stats",
     "transaction",
 ]
 
