@@ -16,10 +16,11 @@ $(STAMP): requirements.txt requirements-dev.txt
 run: $(STAMP)
 	$(BIN)/python -m devtools.run_dev
 
-## test: lint, format check and the whole test suite against an embedded PostgreSQL
+## test: lint, format check, import layers and the whole test suite against an embedded PostgreSQL
 test: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	$(BIN)/lint-imports --no-logo
 	$(BIN)/python -m pytest
 
 BENCH_STAMP := $(VENV)/.bench-installed
@@ -55,6 +56,7 @@ fuzz: $(STAMP)
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
+	$(BIN)/lint-imports --no-logo
 
 format: $(STAMP)
 	$(BIN)/ruff format .
@@ -62,4 +64,4 @@ format: $(STAMP)
 
 ## clean: remove the virtualenv and the development database
 clean:
-	rm -rf $(VENV) .devdb .pytest_cache .ruff_cache
+	rm -rf $(VENV) .devdb .pytest_cache .ruff_cache .import_linter_cache
