@@ -699,7 +699,7 @@ def _finish(fig, path: Path, res: Results, bottom: float = 0.02) -> None:
 
 def render(res: Results, images: list[str]) -> str:
     """Return REPORT.md's text."""
-    from .profile import render as render_profiles
+    from .pyspy import render as render_profiles
 
     meta = res.meta
     s = meta["settings"]
