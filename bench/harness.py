@@ -20,7 +20,7 @@ from urllib.parse import quote
 
 from apps.api.app.config import SETTING_NAMES
 
-from . import client, cpu, dataset, load, machine, procs, pyspy, report, servers
+from . import analysis, client, cpu, dataset, load, machine, procs, pyspy, servers
 from .settings import ALL_APPS, ALL_SCENARIOS, ROOT, BenchSettings
 
 logger = logging.getLogger("bench")
@@ -346,7 +346,7 @@ class Bench:
             return
         connections = min(64, max(s.connections))
         # The API, the fastest peer (what the API pays above a bare pool) and the ceiling.
-        peer = report.best_peer(report.Results(self.results)) if self.results["points"] else None
+        peer = analysis.best_peer(analysis.Results(self.results)) if self.results["points"] else None
         jobs = [("customer", "api"), ("customer", peer or "psycopg2-fixed"), ("customer", "hello")]
         if self.availability.get("mixed") is None:
             jobs.append(("mixed", "api"))
