@@ -51,9 +51,19 @@ class Results:
         return [name for name in SCENARIO_LABELS if name in present]
 
     def apps(self, scenario: str) -> list[str]:
-        """Return the apps measured in `scenario`, in the canonical order."""
+        """Return the apps measured in `scenario`, in the canonical order; api@<rev> right after api."""
         present = {p["app"] for p in self.data["points"] if p["scenario"] == scenario}
-        return [name for name in APPS if name in present]
+        order = list(APPS)
+
+        def position(name: str) -> tuple[int, str]:
+            base = name.partition("@")[0]
+            return order.index(base), name  # "api" sorts before "api@..."
+
+        return sorted((name for name in present if name.partition("@")[0] in APPS), key=position)
+
+    def baseline(self) -> dict[str, str] | None:
+        """Return the A/B baseline's ref, commit and app name (BENCH_BASELINE_REF), or None."""
+        return self.meta.get("baseline")
 
     def series(self, scenario: str, app: str, c: int) -> list[dict]:
         """Return the points of one (scenario, app, connections), one per round."""
@@ -100,11 +110,6 @@ def fmt_ratio(value: float | None) -> str:
     if value is None:
         return "n/a"
     return f"{value:.2f}x" if value < 10 else f"{value:.1f}x"
-
-
-def app_label(app: str) -> str:
-    """Return the app's label for tables and legends (its name when it is not a known app)."""
-    return APPS[app].label if app in APPS else app
 
 
 def best_peer(res: Results) -> str | None:

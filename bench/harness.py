@@ -20,7 +20,7 @@ from urllib.parse import quote
 
 from apps.api.app.config import SETTING_NAMES
 
-from . import analysis, client, cpu, dataset, load, machine, procs, pyspy, servers
+from . import analysis, baseline, client, cpu, dataset, load, machine, procs, pyspy, servers
 from .settings import ALL_APPS, ALL_SCENARIOS, ROOT, BenchSettings
 
 logger = logging.getLogger("bench")
@@ -56,6 +56,8 @@ class Bench:
         self.health_token = secrets.token_urlsafe(32)
         self.base_env = self._base_env()
         self.data: dataset.Dataset | None = None
+        self.specs: dict[str, servers.AppSpec] = dict(servers.APPS)
+        self.baseline: baseline.Baseline | None = None
         self.running: dict[str, servers.RunningApp] = {}
         self.token: str | None = None
         self.deep: dict[str, Any] | None = None
@@ -96,6 +98,26 @@ class Bench:
         inherited = {k: v for k, v in os.environ.items() if k not in own and not k.startswith(("BENCH_", "DB_"))}
         return {**inherited, **env}
 
+    def export_baseline(self) -> None:
+        """Export the API at BENCH_BASELINE_REF into the run folder as app api@<sha>; removed on exit."""
+        ref = self.settings.baseline_ref
+        if not ref:
+            return
+        root = self.run_dir / "baseline"
+        # Registered before the export, so a half-written folder goes too; apps started later stop first.
+        self.stack.callback(shutil.rmtree, root, ignore_errors=True)
+        self.baseline = baseline.export(ref, root)
+        spec = servers.baseline_spec(self.baseline.app, ref, root)
+        self.specs[spec.name] = spec
+        logger.info("baseline %s is %s (%s), exported to %s", ref, self.baseline.short, self.baseline.subject, root)
+
+    def with_baseline(self, names: list[str]) -> list[str]:
+        """Return `names` with the baseline app right after api, so the pair runs back to back."""
+        if self.baseline is None or "api" not in names:
+            return names
+        at = names.index("api") + 1
+        return [*names[:at], self.baseline.app, *names[at:]]
+
     def start_database(self) -> None:
         """Start PostgreSQL in a temporary folder and fill it; stopped and removed on exit."""
         workdir = Path(tempfile.mkdtemp(prefix="rentals-bench-"))
@@ -116,7 +138,7 @@ class Bench:
         assert self.data is not None
         min_id = self.data.facts["customers"]["min_id"]
         for name in names:
-            spec = servers.APPS[name]
+            spec = self.specs[name]
             env = dict(self.base_env)
             if spec.kind == "peer":
                 # Peers run the API's gunicorn.conf.py settings; give them a metrics folder of
@@ -227,7 +249,8 @@ class Bench:
                 if scenario in self.settings.null_scenarios
                 else ["api"]
             )
-            pairs += [(scenario, name) for name in names if wanted is None or name in wanted]
+            selected = [name for name in names if wanted is None or name in wanted]
+            pairs += [(scenario, name) for name in self.with_baseline(selected)]
         return pairs
 
     def lua_env(self, scenario: str, app_name: str) -> dict[str, str]:
@@ -238,7 +261,7 @@ class Bench:
             "BENCH_MIX": self.settings.mix,
             "BENCH_TOKEN": self.token or self.health_token,
         }
-        if servers.APPS[app_name].kind == "api":
+        if self.specs[app_name].kind == "api":
             env["BENCH_CUSTOMER_PATH"] = self.customer_path_api
             if self.customer_path_api == STAND_IN_PATH:
                 env["BENCH_TOKEN"] = self.health_token
@@ -331,10 +354,10 @@ class Bench:
     def collect_pool_stats(self) -> None:
         """Keep the API's own pool stats after the load, per worker, for the report."""
         stats = {}
-        for name in ("api", "api-null"):
-            if name in self.running and self.running[name].alive():
+        for name, running in self.running.items():
+            if running.spec.kind == "api" and running.alive():
                 with contextlib.suppress(OSError, ValueError):
-                    stats[name] = client.pool_stats(self.running[name].port, self.health_token)
+                    stats[name] = client.pool_stats(running.port, self.health_token)
         self.results["pool_stats"] = {
             name: {str(pid): s for pid, s in by_pid.items()} for name, by_pid in stats.items()
         }
@@ -406,6 +429,8 @@ class Bench:
             name: {"path": SCENARIO_PATHS[name], "unavailable": self.availability.get(name)}
             for name in self.settings.scenarios
         }
+        if self.baseline:
+            meta["baseline"] = self.baseline.describe()
         meta["customer_path_api"] = self.customer_path_api
         meta["stand_in"] = self.customer_path_api == STAND_IN_PATH
         meta["deep"] = {k: v for k, v in (self.deep or {}).items() if k != "cursor"}

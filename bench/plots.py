@@ -6,7 +6,8 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from .analysis import SCENARIO_LABELS, TARGET_HELLO, TARGET_PEER, Results, app_label, best_peer, fmt_ratio, summary
+from .analysis import SCENARIO_LABELS, TARGET_HELLO, TARGET_PEER, Results, best_peer, fmt_ratio, summary
+from .servers import app_label
 
 COLORS = {
     "api": "#d62728",
@@ -17,6 +18,12 @@ COLORS = {
     "psycopg3": "#ff7f0e",
     "hello": "#444444",
 }
+BASELINE_COLOR = "#8c564b"  # api@<rev>, the API at BENCH_BASELINE_REF: dotted, beside the api line
+
+
+def _color(app: str) -> str | None:
+    """Return the app's colour; every api@<rev> shares the baseline's."""
+    return BASELINE_COLOR if "@" in app else COLORS.get(app)
 
 
 def _plot_lines(ax, res: Results, scenario: str, field: str, apps: list[str], *, dashed: Iterable[str] = ()) -> None:
@@ -30,9 +37,9 @@ def _plot_lines(ax, res: Results, scenario: str, field: str, apps: list[str], *,
                 ys.append(value)
         if not xs:
             continue
-        style = "--" if app in dashed or app == "hello" else "-"
-        width = 3 if app == "api" else 1.8
-        ax.plot(xs, ys, style, marker="o", color=COLORS.get(app), linewidth=width, label=app_label(app))
+        style = ":" if "@" in app else "--" if app in dashed or app == "hello" else "-"
+        width = 3 if app.partition("@")[0] == "api" else 1.8
+        ax.plot(xs, ys, style, marker="o", color=_color(app), linewidth=width, label=app_label(app))
         for c, y in zip(xs, ys, strict=True):
             non_2xx, _, sockets = res.error_counts(scenario, app, c)
             if non_2xx or sockets:
@@ -120,7 +127,7 @@ def plot_ratios(res: Results, path: Path) -> None:
         list(ys),
         medians,
         xerr=[low, high],
-        color=[COLORS.get(app) for app, _ in rows],
+        color=[_color(app) for app, _ in rows],
         capsize=4,
         edgecolor="black",
         linewidth=0.5,

@@ -19,12 +19,12 @@ from .analysis import (
     TARGET_NULL,
     TARGET_PEER,
     Results,
-    app_label,
     best_peer,
     fmt_ratio,
     summary,
 )
 from .pyspy import render as render_profiles
+from .servers import app_label
 
 
 def _fmt_summary(s: tuple[float, float, float, int] | None) -> str:
@@ -189,6 +189,46 @@ def ratio_table(res: Results, scenario: str, reference: str) -> list[str]:
     return _table(header, rows)
 
 
+def ab_section(res: Results) -> list[str]:
+    """Return the A/B of the API against itself at BENCH_BASELINE_REF: paired ratios, then every pair."""
+    baseline = res.baseline()
+    if not baseline:
+        return []
+    other = baseline["app"]
+    machine = res.meta["machine"]
+    lines = [
+        f"## A/B against `{baseline['ref']}` ({baseline['short']})",
+        "",
+        f"`api` is this run's code (commit {machine['git_commit']}"
+        f"{' + uncommitted changes' if machine['git_dirty'] else ''}); `{other}` is the API at `{baseline['ref']}` "
+        f"({baseline['short']}: {baseline['subject']}), exported with `git archive` and served the same way: its "
+        "own gunicorn.conf.py, the same environment and database, DB_POOL_MODE=pool. The two run back to back at "
+        f"every round and connection count; a ratio is req/s api / req/s {other} at one such point, so above "
+        "1.00x this run's code is faster. The spread of the ratios is the noise to read a difference against.",
+        "",
+    ]
+    rows, pairs = [], []
+    for scenario in res.scenarios():
+        ratios = res.paired(scenario, "api", other)
+        if not ratios:
+            continue
+        cells = [fmt_ratio(statistics.median(ratios[c])) if ratios.get(c) else "n/a" for c in res.connections]
+        rows.append([SCENARIO_LABELS[scenario], _fmt_summary(summary(ratios, low=1)), *cells])
+        for c in res.connections:
+            for r in res.rounds:
+                a, b = res.by_key.get((scenario, "api", c, r)), res.by_key.get((scenario, other, c, r))
+                if a and b:
+                    ratio = fmt_ratio(a["rps"] / b["rps"]) if b["rps"] > 0 else "n/a"
+                    p99 = f"{a['p99_ms']:.1f} / {b['p99_ms']:.1f}"
+                    pairs.append([scenario, str(c), str(r), f"{a['rps']:.0f}", f"{b['rps']:.0f}", ratio, p99])
+    if not rows:
+        return [*lines, "No pair was measured: see the failed points.", ""]
+    header = ["Scenario", "median over every pair (range, pairs)", *[f"c={c}" for c in res.connections]]
+    lines += _table(header, rows)
+    header = ["Scenario", "Conns", "Round", "api req/s", f"{other} req/s", "ratio", f"p99 ms api / {other}"]
+    return [*lines, "", "Every pair:", "", *_table(header, pairs), ""]
+
+
 def cpu_section(res: Results, scenario: str = "customer") -> list[str]:
     """Return where a request's CPU goes per app (its workers, PostgreSQL, wrk), medians over 16-256 connections."""
     rows = []
@@ -317,7 +357,9 @@ def setup_section(res: Results) -> list[str]:
     lines = ["## Setup and exact commands", ""]
     lines += [
         "```sh",
-        ("BENCH_QUICK=1 " if s["quick"] else "") + "make bench   # .venv/bin/python -m bench.run",
+        ("BENCH_QUICK=1 " if s["quick"] else "")
+        + (f"BENCH_BASELINE_REF={s['baseline_ref']} " if s.get("baseline_ref") else "")
+        + "make bench   # .venv/bin/python -m bench.run",
         "```",
         "",
         f"Settings: {s['duration']} s per point"
@@ -356,8 +398,9 @@ def setup_section(res: Results) -> list[str]:
         envs = [app["env"] for app in apps.values()]
         shared = {k: v for k, v in envs[0].items() if k != "PORT" and all(env.get(k) == v for env in envs)}
     lines += [
-        "Apps, each on its own port and all running for the whole run, started from the project root with "
-        "this environment:",
+        "Apps, each on its own port and all running for the whole run, started from the project root"
+        + (f" ({res.baseline()['app']} from its export)" if res.baseline() else "")
+        + " with this environment:",
         "",
         "```sh",
         " ".join(f"{k}={v}" for k, v in shared.items()),
@@ -420,6 +463,7 @@ def render(res: Results, images: list[str]) -> str:
     if res.failed:
         lines += [f"**{len(res.failed)} points failed** (see the end of this report).", ""]
     lines += targets_section(res)
+    lines += ab_section(res)
     for image in images:
         lines += [f"![{image}]({image})", ""]
     for scenario in res.scenarios():

@@ -9,7 +9,8 @@ What one run does, stopping every process it started on success, error, Ctrl-C o
    commands (bench/dataset.py), creates an admin user and logs in for a bearer token;
 2. starts every app on its own free port under gunicorn (gthread, BENCH_WORKERS workers x
    BENCH_THREADS threads): the API in pool mode and in DB_POOL_MODE=null, the peers of
-   bench/peers/ and the no-database hello app;
+   bench/peers/ and the no-database hello app; with BENCH_BASELINE_REF, also the API at that
+   revision (api@<short sha>, from a `git archive` export removed at the end: bench/baseline.py);
 3. drives each (scenario, app) with wrk at each of BENCH_CONNECTIONS after a warm-up; the
    points of a round run app after app at each connection count, and every other round
    runs the whole sequence reversed, so that drift on the shared machine hits all alike;
@@ -20,7 +21,7 @@ Knobs (env vars, see bench/settings.py): BENCH_QUICK, BENCH_DURATION, BENCH_POIN
 BENCH_WARMUP, BENCH_ROUNDS, BENCH_CONNECTIONS, BENCH_WORKERS, BENCH_THREADS,
 BENCH_CUSTOMERS, BENCH_PRODUCTS, BENCH_RENTALS, BENCH_SEED, BENCH_SCENARIOS, BENCH_APPS,
 BENCH_NULL_SCENARIOS, BENCH_MIX, BENCH_TIMEOUT, BENCH_DEEP_ROWS, BENCH_PROFILE_SECONDS,
-BENCH_APP_ENV, BENCH_OUT.
+BENCH_APP_ENV, BENCH_OUT, BENCH_BASELINE_REF.
 """
 
 from __future__ import annotations
@@ -31,8 +32,9 @@ import logging
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
-from . import load, machine, procs, report
+from . import analysis, load, machine, procs, report
 from .harness import CUSTOMER_APPS, STAND_IN_PATH, Bench
 from .settings import ROOT, BenchConfigError, BenchSettings, load_bench_settings
 
@@ -50,13 +52,14 @@ def main() -> int:
     started = time.monotonic()
     try:
         bench = run(settings, started)
-    except load.WrkMissing as exc:
+    except (load.WrkMissing, BenchConfigError) as exc:
         print(f"bench: {exc}", file=sys.stderr)
         return 2
     except (KeyboardInterrupt, procs.Terminated) as exc:
         print(f"bench: interrupted ({exc or 'Ctrl-C'}); every process it started is stopped", file=sys.stderr)
         return 130
     report.write(bench.results, bench.out_dir)
+    log_ab(bench.results)
     logger.info("report: %s (%.1f min)", bench.out_dir / "REPORT.md", (time.monotonic() - started) / 60)
     return 0
 
@@ -66,9 +69,10 @@ def run(settings: BenchSettings, started: float) -> Bench:
     with procs.terminate_on_signals(), contextlib.ExitStack() as stack:
         bench = Bench(settings, stack)
         logger.info("run %s, logs in %s", bench.run_id, bench.run_dir.relative_to(ROOT))
+        bench.export_baseline()  # before the database: a bad ref fails in a second, not after the seed
         bench.start_database()
         names = [name for name in CUSTOMER_APPS if settings.apps is None or name in settings.apps]
-        bench.start_apps(names)
+        bench.start_apps(bench.with_baseline(names))
         bench.authenticate()
         bench.decide_scenarios()
         for name, why in bench.availability.items():
@@ -89,6 +93,28 @@ def run(settings: BenchSettings, started: float) -> Bench:
     bench.results["meta"]["elapsed_minutes"] = round((time.monotonic() - started) / 60, 1)
     bench.save(final=True)
     return bench
+
+
+def log_ab(results: dict[str, Any]) -> None:
+    """Log the A/B's paired median per scenario (BENCH_BASELINE_REF), as the report's section gives it."""
+    res = analysis.Results(results)
+    baseline = res.baseline()
+    if not baseline:
+        return
+    for scenario in res.scenarios():
+        s = analysis.summary(res.paired(scenario, "api", baseline["app"]), low=1)
+        if s:
+            median, low, high = (analysis.fmt_ratio(value) for value in s[:3])
+            logger.info(
+                "A/B against %s, %s: api / %s = %s median (%s to %s, %s pairs)",
+                baseline["ref"],
+                scenario,
+                baseline["app"],
+                median,
+                low,
+                high,
+                s[3],
+            )
 
 
 def digest_logs(logs_dir: Path, keep_bytes: int = 50 * 1024 * 1024) -> dict[str, dict[str, int]]:
