@@ -170,7 +170,7 @@ def write_params(path: Path, params: dict[str, Any]) -> None:
             return "{" + ", ".join(lua(item) for item in value) + "}"
         raise TypeError(f"cannot write {type(value).__name__} to Lua")
 
-    lines = ["-- Written by bench/run.py for one run; bench/wrk/bench.lua loads it.", "return {"]
+    lines = ["-- Written by bench/harness.py for one run; bench/wrk/bench.lua loads it.", "return {"]
     lines += [f"  {key} = {lua(value)}," for key, value in params.items()]
     lines.append("}")
     path.write_text("\n".join(lines) + "\n")

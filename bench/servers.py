@@ -3,6 +3,8 @@
 The Rentals API runs exactly as deployed (`gunicorn -c gunicorn.conf.py apps.api.wsgi:app`,
 configured by env vars); each peer runs under bench/peers/gunicorn_peer.conf.py, which
 copies the API's server settings, with the same workers and threads on the command line.
+With BENCH_BASELINE_REF, `api@<short sha>` is the API at that revision, served the same way
+from its exported folder (bench/baseline.py).
 """
 
 from __future__ import annotations
@@ -11,7 +13,7 @@ import http.client
 import logging
 import subprocess
 import sys
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from devtools.embedded_pg import free_port
@@ -34,6 +36,7 @@ class AppSpec:
     target: str
     description: str
     env: dict[str, str] = field(default_factory=dict)
+    root: Path = ROOT  # served from here: its code and, for the API, its gunicorn.conf.py
 
 
 APPS: dict[str, AppSpec] = {
@@ -100,6 +103,28 @@ APPS: dict[str, AppSpec] = {
 assert tuple(APPS) == ALL_APPS, "bench/settings.py ALL_APPS must list the apps in this order"
 
 PEERS = ("psycopg2-seeds", "psycopg2-fixed", "sqlalchemy", "psycopg3")
+
+
+def app_label(name: str) -> str:
+    """Return an app's label for tables and legends; `api@<rev>` is the API's label at <rev>."""
+    base, at, rev = name.partition("@")
+    if at and base in APPS:
+        return f"{APPS[base].label} at {rev}"
+    return APPS[name].label if name in APPS else name
+
+
+def baseline_spec(name: str, ref: str, root: Path) -> AppSpec:
+    """Return the `api` app as it is at another revision, exported into `root`."""
+    api = APPS["api"]
+    return replace(
+        api,
+        name=name,
+        label=app_label(name),
+        description=f"the project at {ref}, DB_POOL_MODE=pool: its export, served by its own gunicorn.conf.py",
+        # Its own code first, whatever PYTHONPATH the caller had.
+        env={**api.env, "PYTHONPATH": str(root)},
+        root=root,
+    )
 
 
 @dataclass
@@ -180,7 +205,7 @@ def start_app(
         process = subprocess.Popen(
             [sys.executable, "-m", *argv],
             env=env,
-            cwd=str(ROOT),
+            cwd=str(spec.root),
             stdin=subprocess.DEVNULL,
             stdout=subprocess.DEVNULL,
             stderr=log,

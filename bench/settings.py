@@ -3,6 +3,12 @@
 BENCH_QUICK=1 picks a smoke preset (about 2 to 3 minutes); any BENCH_* variable set
 explicitly wins over the preset. Full defaults keep `make bench` under 30 minutes on the
 2-core machine.
+
+BENCH_APPS=api,hello picks apps by name (default: all of ALL_APPS). BENCH_BASELINE_REF=<git ref>
+(main~3, a tag, a commit) adds a paired A/B: the API at that revision joins the run as the app
+`api@<short sha>`, served like `api` from an export of that commit under bench/results/<run>/,
+measured right after `api` wherever `api` is, and the report gets a section "A/B against <ref>"
+with the ratio api / api@<sha>. It needs `api` among BENCH_APPS.
 """
 
 from __future__ import annotations
@@ -58,6 +64,7 @@ class BenchSettings:
     deep_rows: int
     scenarios: tuple[str, ...]
     apps: tuple[str, ...] | None
+    baseline_ref: str | None
     null_scenarios: tuple[str, ...]
     mix: str
     app_env: str
@@ -115,6 +122,9 @@ def load_bench_settings(environ: dict[str, str] | None = None) -> BenchSettings:
         raise BenchConfigError(f"BENCH_CONNECTIONS needs at least one count of 1 or more, got {raw_connections!r}.")
     raw_apps = environ.get("BENCH_APPS", "").strip()
     apps = _names(raw_apps, ALL_APPS, "BENCH_APPS") if raw_apps else None
+    baseline_ref = environ.get("BENCH_BASELINE_REF", "").strip() or None
+    if baseline_ref and apps is not None and "api" not in apps:
+        raise BenchConfigError("BENCH_BASELINE_REF compares against the api app; add api to BENCH_APPS.")
     settings = BenchSettings(
         quick=quick,
         duration=_int(environ, "BENCH_DURATION", quick, minimum=1),
@@ -132,6 +142,7 @@ def load_bench_settings(environ: dict[str, str] | None = None) -> BenchSettings:
         deep_rows=_int(environ, "BENCH_DEEP_ROWS", quick, minimum=1),
         scenarios=_names(_get(environ, "BENCH_SCENARIOS", quick, "all"), ALL_SCENARIOS, "BENCH_SCENARIOS"),
         apps=apps,
+        baseline_ref=baseline_ref,
         null_scenarios=_names(
             _get(environ, "BENCH_NULL_SCENARIOS", quick, "customer,mixed"), ALL_SCENARIOS, "BENCH_NULL_SCENARIOS"
         ),
