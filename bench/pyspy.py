@@ -36,6 +36,8 @@ RATE = 200  # samples per second per process
 LAYERS: tuple[tuple[str, re.Pattern[str]], ...] = tuple(
     (name, re.compile(pattern))
     for name, pattern in (
+        ("pool (apps/api/app/pool/)", r"apps/api/app/pool/|apps/api/app/compat/psycopg2_pool\.py"),
+        # Where the pool lived until the layering issue; kept so earlier results render as they did.
         ("pool (apps/api/app/models/pool.py)", r"apps/api/app/models/pool\.py"),
         ("database helpers (models/database.py) + psycopg2", r"apps/api/app/models/database\.py|psycopg2/"),
         ("metrics (prometheus_client, app metrics)", r"prometheus_client/|apps/api/app/metrics"),
