@@ -11,7 +11,7 @@ import pytest
 from itsdangerous import TimestampSigner
 
 from apps.api.app import auth
-from tests.conftest import HEALTH_TOKEN, TEST_PASSWORD, app_config, bearer
+from tests.helpers import HEALTH_TOKEN, TEST_PASSWORD, app_config, bearer
 
 
 def login(client, email, password=TEST_PASSWORD):

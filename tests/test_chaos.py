@@ -42,7 +42,7 @@ from werkzeug.serving import make_server
 from apps.api.app import create_app
 from apps.api.app.models import database
 from apps.api.app.models.database import get_pool, pool_stats
-from tests.conftest import (
+from tests.helpers import (
     HEALTH_TOKEN,
     app_config,
     bearer,

@@ -9,7 +9,7 @@ import os
 import pytest
 
 from apps.api.app.models.database import PoolClosed, close_pool, execute_query_one, get_pool
-from tests.conftest import wait_until
+from tests.helpers import wait_until
 
 # Python 3.12+ warns about forking a process that runs threads (the pool's maintenance thread).
 pytestmark = pytest.mark.filterwarnings("ignore:This process .* is multi-threaded:DeprecationWarning")

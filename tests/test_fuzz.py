@@ -28,7 +28,7 @@ from hypothesis import HealthCheck, settings
 from schemathesis.specs.openapi.checks import positive_data_acceptance
 
 from apps.api.app import create_app
-from tests.conftest import app_config, bearer, insert_row
+from tests.helpers import app_config, bearer, insert_row
 
 FUZZ_EXAMPLES = int(os.environ.get("FUZZ_EXAMPLES", "30"))
 FUZZ_STATEFUL_RUNS = int(os.environ.get("FUZZ_STATEFUL_RUNS", "20"))

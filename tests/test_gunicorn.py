@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from devtools.embedded_pg import free_port
-from tests.conftest import HEALTH_TOKEN, app_backends, app_config
+from tests.helpers import HEALTH_TOKEN, app_backends, app_config
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -6,7 +6,7 @@ import pytest
 
 from apps.api.app.models.database import get_pool
 from devtools.embedded_pg import free_port
-from tests.conftest import HEALTH_TOKEN
+from tests.helpers import HEALTH_TOKEN
 
 POOL_KEYS = {"min_connections", "max_connections", "available", "in_use", "total", "waiting"}
 COUNTER_KEYS = {

@@ -15,7 +15,7 @@ import pytest
 from prometheus_client import Histogram
 
 from apps.api.app.metrics import BufferedHistogram
-from tests.conftest import HEALTH_TOKEN, bearer
+from tests.helpers import HEALTH_TOKEN, bearer
 from tests.test_gunicorn import start_gunicorn, stop_gunicorn
 
 pytestmark = pytest.mark.slow

@@ -27,7 +27,7 @@ from apps.api.app.models.database import (
     transaction,
 )
 from apps.api.app.models.pool import ConnectionPool, PooledConnection
-from tests.conftest import AppThread, app_config, own_backends, start_private_server, terminate_backend, wait_until
+from tests.helpers import AppThread, app_config, own_backends, start_private_server, terminate_backend, wait_until
 
 ERROR_KEYS = {"code", "message", "details"}
 

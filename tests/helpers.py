@@ -1,0 +1,163 @@
+"""Plain helpers the tests share: test settings, the app's backends, rows and tokens, waiting.
+
+Fixtures live in conftest.py; what starts real processes (gunicorn, faults, load) lives in
+tests/support/.
+"""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import psycopg2
+
+from apps.api.app import create_app
+from apps.api.app.models import database
+from devtools.embedded_pg import EmbeddedPostgres
+
+HEALTH_TOKEN = "test-health-token"
+TEST_PASSWORD = "correct horse battery staple"
+
+
+# -- PostgreSQL servers and the test settings ---------------------------------------------
+
+
+@dataclass
+class ServerInfo:
+    """What pytest-postgresql's noproc factory needs from the server it depends on."""
+
+    host: str
+    port: int
+    user: str
+    password: str
+    options: str = ""
+    maintenance_dbname: str = "postgres"
+    template_dbname: str | None = None
+
+
+def start_private_server(settings: dict[str, str] | None = None) -> tuple[EmbeddedPostgres, Path]:
+    """Start a throwaway PostgreSQL in a new folder; the caller stops it and removes the folder."""
+    folder = Path(tempfile.mkdtemp(prefix="rentals-test-pg-"))
+    server = EmbeddedPostgres(folder / "data", settings={"fsync": "off", **(settings or {})})
+    try:
+        server.start()
+    except BaseException:
+        server.remove()
+        shutil.rmtree(folder, ignore_errors=True)
+        raise
+    return server, folder
+
+
+def load_migrations(host: str, port: int, user: str, dbname: str, password: str, **_: object) -> None:
+    """Apply the project's migrations to the template database, through the app itself."""
+    url = f"postgresql://{user}:{password}@{host}:{port}/{dbname}"
+    app = create_app(app_config(url))
+    try:
+        with app.app_context():
+            from apps.api.app import migrate
+
+            migrate.upgrade()
+    finally:
+        database.close_pool(app)
+
+
+def app_config(database_url: str, **overrides: object) -> dict[str, str]:
+    """Return settings for a test app on `database_url`; overrides by env var name."""
+    config = {
+        "APP_ENV": "test",
+        "DATABASE_URL": database_url,
+        "SECRET_KEY": "test-secret-key",
+        "HEALTH_API_TOKEN": HEALTH_TOKEN,
+        "DB_POOL_MIN_CONNECTIONS": "1",
+        "DB_POOL_MAX_CONNECTIONS": "5",
+        "DB_POOL_TIMEOUT": "2",
+        "LOG_LEVEL": "debug",
+    }
+    config.update({key: str(value) for key, value in overrides.items()})
+    return config
+
+
+# -- the app's backends, seen from outside ------------------------------------------------
+
+
+def app_backends(conn: psycopg2.extensions.connection) -> int:
+    """Return how many backends the app (application_name rentals-api) has open on the server."""
+    with conn.cursor() as cur:
+        cur.execute("SELECT count(*) FROM pg_stat_activity WHERE application_name = %s", (database.APPLICATION_NAME,))
+        return cur.fetchone()[0]
+
+
+def own_backends(conn: psycopg2.extensions.connection) -> int:
+    """Return how many app backends are open on this test's database only (other tests' leftovers excluded)."""
+    with conn.cursor() as cur:
+        cur.execute(
+            "SELECT count(*) FROM pg_stat_activity WHERE application_name = %s AND datname = current_database()",
+            (database.APPLICATION_NAME,),
+        )
+        return cur.fetchone()[0]
+
+
+def terminate_backend(conn: psycopg2.extensions.connection, pid: int) -> None:
+    """Kill one backend with pg_terminate_backend and wait (up to 5 s) until it is gone."""
+    with conn.cursor() as cur:
+        cur.execute("SELECT pg_terminate_backend(%s, 5000)", (pid,))
+        assert cur.fetchone()[0], f"backend {pid} did not exit"
+
+
+# -- waiting and threads ------------------------------------------------------------------
+
+
+def wait_until(predicate, timeout: float = 5.0, interval: float = 0.02) -> bool:
+    """Poll `predicate` until it returns true or `timeout` seconds pass; return its last answer."""
+    deadline = time.monotonic() + timeout
+    while True:
+        if predicate():
+            return True
+        if time.monotonic() >= deadline:
+            return bool(predicate())
+        time.sleep(interval)
+
+
+class AppThread(threading.Thread):
+    """Run `target` inside `app`'s app context in a thread; keep its result or its exception."""
+
+    def __init__(self, app, target, *args: object) -> None:
+        super().__init__(daemon=True)
+        self.app = app
+        self.target_fn = target
+        self.target_args = args
+        self.result: object = None
+        self.error: BaseException | None = None
+
+    def run(self) -> None:
+        with self.app.app_context():
+            try:
+                self.result = self.target_fn(*self.target_args)
+            except BaseException as exc:
+                self.error = exc
+
+
+# -- the rentals domain: rows and tokens --------------------------------------------------
+
+
+def insert_row(conn: psycopg2.extensions.connection, table: str, **values: object) -> dict:
+    """Insert one row straight into `table` (test setup, outside the app) and return it as a dict."""
+    columns = ", ".join(values)
+    placeholders = ", ".join(["%s"] * len(values))
+    with conn.cursor() as cur:
+        cur.execute(f"INSERT INTO {table} ({columns}) VALUES ({placeholders}) RETURNING *", tuple(values.values()))
+        names = [column.name for column in cur.description]
+        return dict(zip(names, cur.fetchone(), strict=True))
+
+
+def bearer(app, user: dict) -> dict[str, str]:
+    """Return Authorization headers with a fresh token of `app` for `user`."""
+    from apps.api.app.auth import issue_token
+
+    with app.app_context():
+        token, _ = issue_token(user["id"], user["role"])
+    return {"Authorization": f"Bearer {token}"}
