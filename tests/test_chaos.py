@@ -52,7 +52,7 @@ from tests.helpers import (
     start_private_server,
     wait_until,
 )
-from tests.test_gunicorn import start_gunicorn, stop_gunicorn
+from tests.support.gunicorn import start_gunicorn, stop_gunicorn
 
 pytestmark = pytest.mark.slow
 

@@ -16,7 +16,7 @@ from prometheus_client import Histogram
 
 from apps.api.app.metrics import BufferedHistogram
 from tests.helpers import HEALTH_TOKEN, bearer
-from tests.test_gunicorn import start_gunicorn, stop_gunicorn
+from tests.support.gunicorn import start_gunicorn, stop_gunicorn
 
 pytestmark = pytest.mark.slow
 

@@ -22,7 +22,7 @@ from apps.api.app import auth, create_app, migrate
 from apps.api.app.config import ConfigError, load_settings
 from apps.api.app.models import database
 from tests.helpers import HEALTH_TOKEN, TEST_PASSWORD, app_config, bearer
-from tests.test_gunicorn import start_gunicorn, stop_gunicorn
+from tests.support.gunicorn import start_gunicorn, stop_gunicorn
 
 SECURITY_HEADERS = {
     "X-Content-Type-Options": "nosniff",
