@@ -20,6 +20,8 @@ from apps.api.app.models import database
 from devtools.embedded_pg import EmbeddedPostgres
 
 HEALTH_TOKEN = "test-health-token"
+# What passes the health endpoints' and /metrics' bearer check.
+HEALTH_HEADERS = {"Authorization": f"Bearer {HEALTH_TOKEN}"}
 TEST_PASSWORD = "correct horse battery staple"
 
 

@@ -11,11 +11,19 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
+
+import psutil
 
 from devtools.embedded_pg import free_port
-from tests.helpers import HEALTH_TOKEN, app_config
+from tests.helpers import HEALTH_HEADERS, HEALTH_TOKEN, app_config, wait_until
+from tests.support.load import send
 
 ROOT = Path(__file__).resolve().parents[2]
+# What start_gunicorn runs unless told otherwise: 2 workers x 4 threads, 4 connections per pool.
+WORKERS = 2
+THREADS = 4
+POOL_MAX = 4
 
 
 def get_json(port: int, path: str, token: str | None = HEALTH_TOKEN) -> tuple[int, dict]:
@@ -55,9 +63,9 @@ def start_gunicorn(database_url: str, **overrides: object) -> tuple[subprocess.P
     port = free_port()
     defaults = {
         "PORT": port,
-        "WEB_CONCURRENCY": 2,
-        "GUNICORN_THREADS": 4,
-        "DB_POOL_MAX_CONNECTIONS": 4,
+        "WEB_CONCURRENCY": WORKERS,
+        "GUNICORN_THREADS": THREADS,
+        "DB_POOL_MAX_CONNECTIONS": POOL_MAX,
         "LOG_LEVEL": "info",
     }
     settings = app_config(database_url, **{**defaults, **overrides})
@@ -95,3 +103,62 @@ def stop_gunicorn(process: subprocess.Popen) -> str:
     output = log.read()
     log.close()
     return output
+
+
+# -- a running gunicorn's workers and their pools --------------------------------------
+
+
+def worker_pids(process: subprocess.Popen) -> set[int]:
+    """Return the pids of gunicorn's workers (the master's children), once all WORKERS have forked."""
+    master = psutil.Process(process.pid)
+    wait_until(lambda: len(master.children()) >= WORKERS, timeout=10)
+    return {child.pid for child in master.children()}
+
+
+def health(port: int) -> dict[str, Any]:
+    """Return one /api/health/db reply's body (whichever worker answers)."""
+    reply = send(port, "GET", "/api/health/db", HEALTH_HEADERS, kind="health")
+    assert reply.status in (200, 503), reply
+    return reply.body
+
+
+def pools_settled(port: int, pids: set[int], timeout: float = 10.0) -> dict[str, Any]:
+    """Wait until every worker has published its pool with nothing in use or waiting; return the aggregate."""
+    last: dict[str, Any] = {}
+
+    def settled() -> bool:
+        nonlocal last
+        last = health(port)["all_workers"]
+        listed = {w["pid"] for w in last["workers"]}
+        return listed == pids and last["in_use"] == 0 and last["waiting"] == 0
+
+    assert wait_until(settled, timeout=timeout, interval=0.2), f"pools did not settle: {last}"
+    return last
+
+
+def each_workers_pool(port: int, pids: set[int], timeout: float = 10.0) -> dict[int, dict[str, Any]]:
+    """Return every worker's own pool_stats, asking /api/health/db until each has answered."""
+    seen: dict[int, dict[str, Any]] = {}
+
+    def all_seen() -> bool:
+        body = health(port)
+        seen[body["pid"]] = body["pool_stats"]
+        return set(seen) >= pids
+
+    assert wait_until(all_seen, timeout=timeout, interval=0.0), f"only {set(seen)} of {pids} answered"
+    return seen
+
+
+def start_workers(database_url: str, **overrides: object) -> tuple[subprocess.Popen, int, set[int]]:
+    """Start gunicorn and wait until both workers have booted and published their pools.
+
+    Load sent while a worker is still booting would test the boot, not the fault.
+    """
+    process, port = start_gunicorn(database_url, **overrides)
+    try:
+        pids = worker_pids(process)
+        pools_settled(port, pids)
+    except BaseException:
+        stop_gunicorn(process)
+        raise
+    return process, port, pids
