@@ -14,9 +14,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import psycopg2
+from flask import Flask
 
 from apps.api.app import create_app
 from apps.api.app.models import database
+from apps.api.app.models.database import execute_query_one, get_pool
+from apps.api.app.models.pool import ConnectionPool, PooledConnection
 from devtools.embedded_pg import EmbeddedPostgres
 
 HEALTH_TOKEN = "test-health-token"
@@ -108,6 +111,32 @@ def terminate_backend(conn: psycopg2.extensions.connection, pid: int) -> None:
     with conn.cursor() as cur:
         cur.execute("SELECT pg_terminate_backend(%s, 5000)", (pid,))
         assert cur.fetchone()[0], f"backend {pid} did not exit"
+
+
+# -- the app's pool, seen from inside ----------------------------------------------------
+
+
+def pool_of(app: Flask) -> ConnectionPool:
+    """Return the app's pool, opening it if needed."""
+    with app.app_context():
+        return get_pool()
+
+
+def hold(app: Flask, count: int) -> tuple[ConnectionPool, list[PooledConnection]]:
+    """Borrow `count` connections from the app's pool; the caller gives them back."""
+    pool = pool_of(app)
+    return pool, [pool.getconn() for _ in range(count)]
+
+
+def give_back(pool: ConnectionPool, conns: list[PooledConnection]) -> None:
+    """Return every held connection to the pool."""
+    while conns:
+        pool.putconn(conns.pop())
+
+
+def backend_pid() -> int:
+    """Return the backend pid of a connection borrowed from the current app's pool."""
+    return execute_query_one("SELECT pg_backend_pid() AS pid")["pid"]
 
 
 # -- waiting and threads ------------------------------------------------------------------

@@ -26,33 +26,20 @@ from apps.api.app.models.database import (
     pool_stats,
     transaction,
 )
-from apps.api.app.models.pool import ConnectionPool, PooledConnection
-from tests.helpers import AppThread, app_config, own_backends, start_private_server, terminate_backend, wait_until
+from tests.helpers import (
+    AppThread,
+    app_config,
+    backend_pid,
+    give_back,
+    hold,
+    own_backends,
+    pool_of,
+    start_private_server,
+    terminate_backend,
+    wait_until,
+)
 
 ERROR_KEYS = {"code", "message", "details"}
-
-
-def pool_of(app: Flask) -> ConnectionPool:
-    """Return the app's pool, opening it if needed."""
-    with app.app_context():
-        return get_pool()
-
-
-def hold(app: Flask, count: int) -> tuple[ConnectionPool, list[PooledConnection]]:
-    """Borrow `count` connections from the app's pool; the caller gives them back."""
-    pool = pool_of(app)
-    return pool, [pool.getconn() for _ in range(count)]
-
-
-def give_back(pool: ConnectionPool, conns: list[PooledConnection]) -> None:
-    """Return every held connection to the pool."""
-    while conns:
-        pool.putconn(conns.pop())
-
-
-def backend_pid() -> int:
-    """Return the backend pid of a connection borrowed from the current app's pool."""
-    return execute_query_one("SELECT pg_backend_pid() AS pid")["pid"]
 
 
 # -- blocking acquire ---------------------------------------------------------------
