@@ -185,6 +185,11 @@ def insert_row(conn: psycopg2.extensions.connection, table: str, **values: objec
         return dict(zip(names, cur.fetchone(), strict=True))
 
 
+def login(client, email: str, password: str = TEST_PASSWORD, **headers: str):
+    """POST /api/auth/login and return the reply."""
+    return client.post("/api/auth/login", json={"email": email, "password": password}, headers=headers)
+
+
 def bearer(app, user: dict) -> dict[str, str]:
     """Return Authorization headers with a fresh token of `app` for `user`."""
     from apps.api.app.auth import issue_token
