@@ -10,8 +10,10 @@ import shutil
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
 import psycopg2
 from flask import Flask
@@ -26,6 +28,8 @@ HEALTH_TOKEN = "test-health-token"
 # What passes the health endpoints' and /metrics' bearer check.
 HEALTH_HEADERS = {"Authorization": f"Bearer {HEALTH_TOKEN}"}
 TEST_PASSWORD = "correct horse battery staple"
+
+T = TypeVar("T")
 
 
 # -- PostgreSQL servers and the test settings ---------------------------------------------
@@ -142,14 +146,13 @@ def backend_pid() -> int:
 # -- waiting and threads ------------------------------------------------------------------
 
 
-def wait_until(predicate, timeout: float = 5.0, interval: float = 0.02) -> bool:
-    """Poll `predicate` until it returns true or `timeout` seconds pass; return its last answer."""
+def wait_until(predicate: Callable[[], T], timeout: float = 5.0, interval: float = 0.02) -> T:
+    """Poll `predicate` until it returns something true or `timeout` seconds pass; return its last answer."""
     deadline = time.monotonic() + timeout
     while True:
-        if predicate():
-            return True
-        if time.monotonic() >= deadline:
-            return bool(predicate())
+        answer = predicate()
+        if answer or time.monotonic() >= deadline:
+            return answer
         time.sleep(interval)
 
 

@@ -7,7 +7,6 @@ import json
 import os
 import re
 import signal
-import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -15,7 +14,7 @@ import pytest
 from prometheus_client import Histogram
 
 from apps.api.app.metrics import BufferedHistogram
-from tests.helpers import HEALTH_TOKEN, bearer
+from tests.helpers import HEALTH_TOKEN, bearer, wait_until
 from tests.support.gunicorn import start_gunicorn, stop_gunicorn
 
 pytestmark = pytest.mark.slow
@@ -56,16 +55,6 @@ def metric_sum(text: str, name: str, **labels: str) -> float:
     return total
 
 
-def wait_for(predicate, timeout: float = 10.0, interval: float = 0.2):
-    """Return predicate()'s first truthy value within `timeout` seconds, else the last one."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value or time.monotonic() > deadline:
-            return value
-        time.sleep(interval)
-
-
 @pytest.fixture
 def server(database_url):
     process, port = start_gunicorn(database_url, LOG_FORMAT="json", LOG_LEVEL="info")
@@ -87,11 +76,11 @@ def test_metrics_count_requests_from_both_workers(server):
     # Each worker adds its buffered observations about once a second (metrics.BufferedHistogram):
     # wait for the start-up checks to land, then count 200 more.
     before = health_count()
-    while wait_for(lambda seen=before: health_count() != seen, timeout=FLUSH_SECONDS):
+    while wait_until(lambda seen=before: health_count() != seen, timeout=FLUSH_SECONDS, interval=0.2):
         before = health_count()
     pids = worker_pids(port, 200)
     assert len(pids) == 2, "the kernel sent every request to one worker; cannot test the sum"
-    assert wait_for(lambda: health_count() - before == 200, timeout=5), health_count() - before
+    assert wait_until(lambda: health_count() - before == 200, timeout=5, interval=0.2), health_count() - before
     status, headers, body = request(port, "/metrics", AUTH)
     assert status == 200
     assert headers["Content-Type"].startswith("text/plain")
@@ -120,7 +109,7 @@ def test_health_db_sums_the_pools_of_all_live_workers(server):
         body = json.loads(request(port, "/api/health/db", AUTH)[2])
         return body if {w["pid"] for w in body["all_workers"]["workers"]} == pids else None
 
-    body = wait_for(both_workers_published)
+    body = wait_until(both_workers_published, timeout=10, interval=0.2)
     assert body, "the aggregate never listed both workers"
     workers = body["all_workers"]
     assert workers["worker_count"] == 2
@@ -147,7 +136,7 @@ def test_a_killed_worker_leaves_the_aggregate(server):
         listed = {w["pid"] for w in body["all_workers"]["workers"]}
         return body if victim not in listed and len(listed) == 2 else None
 
-    body = wait_for(replaced, timeout=15)
+    body = wait_until(replaced, timeout=15, interval=0.2)
     assert body, "the killed worker stayed in the aggregate, or no new worker was counted"
     assert body["all_workers"]["worker_count"] == 2
 
