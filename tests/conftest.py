@@ -7,7 +7,6 @@ and the tests import, are in tests/helpers.py.
 
 from __future__ import annotations
 
-import shutil
 from collections.abc import Iterator
 
 import psycopg2
@@ -25,19 +24,15 @@ from tests.helpers import (
     bearer,
     insert_row,
     load_migrations,
-    start_private_server,
+    private_server,
 )
 
 
 @pytest.fixture(scope="session")
 def pg_server() -> Iterator[EmbeddedPostgres]:
     """The session's PostgreSQL server: started once, stopped and deleted at the end."""
-    server, folder = start_private_server({"max_connections": "200"})
-    try:
+    with private_server({"max_connections": "200"}) as server:
         yield server
-    finally:
-        server.remove()
-        shutil.rmtree(folder, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")

@@ -6,11 +6,12 @@ tests/support/.
 
 from __future__ import annotations
 
+import contextlib
 import shutil
 import tempfile
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
@@ -48,17 +49,17 @@ class ServerInfo:
     template_dbname: str | None = None
 
 
-def start_private_server(settings: dict[str, str] | None = None) -> tuple[EmbeddedPostgres, Path]:
-    """Start a throwaway PostgreSQL in a new folder; the caller stops it and removes the folder."""
+@contextlib.contextmanager
+def private_server(settings: dict[str, str] | None = None) -> Iterator[EmbeddedPostgres]:
+    """Run a throwaway PostgreSQL in a new folder; stop it and remove the folder when the block ends."""
     folder = Path(tempfile.mkdtemp(prefix="rentals-test-pg-"))
     server = EmbeddedPostgres(folder / "data", settings={"fsync": "off", **(settings or {})})
     try:
         server.start()
-    except BaseException:
+        yield server
+    finally:
         server.remove()
         shutil.rmtree(folder, ignore_errors=True)
-        raise
-    return server, folder
 
 
 def load_migrations(host: str, port: int, user: str, dbname: str, password: str, **_: object) -> None:

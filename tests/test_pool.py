@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import shutil
 import socket
 import threading
 import time
@@ -34,7 +33,7 @@ from tests.helpers import (
     hold,
     own_backends,
     pool_of,
-    start_private_server,
+    private_server,
     terminate_backend,
     wait_until,
 )
@@ -221,65 +220,61 @@ def _restart_app(server) -> Flask:
 
 @pytest.mark.slow
 def test_first_read_after_a_server_restart_succeeds_without_restarting_the_app():
-    server, folder = start_private_server()
-    app = _restart_app(server)
-    try:
-        pool, held = hold(app, 3)
-        before = {conn.get_backend_pid() for conn in held}
-        give_back(pool, held)
-        server.stop()
-        server.start()
-        with app.app_context():
-            # No request came while the server was down: the very first one must succeed.
-            assert backend_pid() not in before
-            assert get_pool() is pool
-        assert pool.stats()["discarded"] >= 1
-        assert pool.stats()["in_use"] == 0
-    finally:
-        close_pool(app)
-        server.remove()
-        shutil.rmtree(folder, ignore_errors=True)
+    with private_server() as server:
+        app = _restart_app(server)
+        try:
+            pool, held = hold(app, 3)
+            before = {conn.get_backend_pid() for conn in held}
+            give_back(pool, held)
+            server.stop()
+            server.start()
+            with app.app_context():
+                # No request came while the server was down: the very first one must succeed.
+                assert backend_pid() not in before
+                assert get_pool() is pool
+            assert pool.stats()["discarded"] >= 1
+            assert pool.stats()["in_use"] == 0
+        finally:
+            close_pool(app)
 
 
 @pytest.mark.slow
 def test_server_down_answers_503_then_the_same_pool_recovers_when_it_returns(health_headers):
-    server, folder = start_private_server()
-    app = _restart_app(server)
-    client = app.test_client()
-    try:
-        pool, held = hold(app, 3)
-        give_back(pool, held)
-        server.stop()
-        with app.app_context():
-            for _ in range(3):
+    with private_server() as server:
+        app = _restart_app(server)
+        client = app.test_client()
+        try:
+            pool, held = hold(app, 3)
+            give_back(pool, held)
+            server.stop()
+            with app.app_context():
+                for _ in range(3):
+                    with pytest.raises(DatabaseUnavailable):
+                        execute_query_one("SELECT 1")
                 with pytest.raises(DatabaseUnavailable):
-                    execute_query_one("SELECT 1")
-            with pytest.raises(DatabaseUnavailable):
-                execute_write("SELECT 1")
-            with pytest.raises(DatabaseUnavailable), transaction() as cur:
-                cur.execute("SELECT 1")
-        for path in ("/api/health/db/test", "/api/health/db"):
-            response = client.get(path, headers=health_headers)
-            assert response.status_code == 503, (path, response.json)
-            assert response.headers["Retry-After"] == "2"
-        assert client.get("/api/health/db", headers=health_headers).json["status"] == "error"
-        error = client.get("/api/health/db/test", headers=health_headers).json["error"]
-        assert set(error) == ERROR_KEYS
-        assert error["code"] == "database_unavailable"
-        assert client.get("/api/health").status_code == 200
-        assert pool.stats()["in_use"] == 0
+                    execute_write("SELECT 1")
+                with pytest.raises(DatabaseUnavailable), transaction() as cur:
+                    cur.execute("SELECT 1")
+            for path in ("/api/health/db/test", "/api/health/db"):
+                response = client.get(path, headers=health_headers)
+                assert response.status_code == 503, (path, response.json)
+                assert response.headers["Retry-After"] == "2"
+            assert client.get("/api/health/db", headers=health_headers).json["status"] == "error"
+            error = client.get("/api/health/db/test", headers=health_headers).json["error"]
+            assert set(error) == ERROR_KEYS
+            assert error["code"] == "database_unavailable"
+            assert client.get("/api/health").status_code == 200
+            assert pool.stats()["in_use"] == 0
 
-        server.start()
-        assert wait_until(
-            lambda: client.get("/api/health/db/test", headers=health_headers).status_code == 200, timeout=10
-        )
-        assert pool_of(app) is pool
-        assert client.get("/api/health/db", headers=health_headers).json["status"] == "healthy"
-        assert pool.stats()["in_use"] == 0
-    finally:
-        close_pool(app)
-        server.remove()
-        shutil.rmtree(folder, ignore_errors=True)
+            server.start()
+            assert wait_until(
+                lambda: client.get("/api/health/db/test", headers=health_headers).status_code == 200, timeout=10
+            )
+            assert pool_of(app) is pool
+            assert client.get("/api/health/db", headers=health_headers).json["status"] == "healthy"
+            assert pool.stats()["in_use"] == 0
+        finally:
+            close_pool(app)
 
 
 # -- lifetime, idle shrinking and sizing -------------------------------------------------

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import shutil
 import time
 from typing import Any
 
 import psycopg2
 import pytest
 
-from tests.helpers import load_migrations, start_private_server
+from tests.helpers import load_migrations, private_server
 from tests.support.chaos import RECOVERY_LIMIT, SCALE, assert_clean_replies, check_bookings, record, summary
 from tests.support.gunicorn import WORKERS, start_workers, stop_gunicorn, worker_pids
 from tests.support.load import LoadGenerator, Reply, seed_world
@@ -56,8 +55,7 @@ def outage_round(replies: list[Reply], stopping: float, up: float, pids: set[int
 
 def test_database_restart_under_load_answers_503_and_the_same_workers_recover():
     outage = 3.0 if SCALE == 1 else 8.0
-    server, folder = start_private_server()
-    try:
+    with private_server() as server:
         url = prepare_database(server)
         conn = psycopg2.connect(url)
         conn.autocommit = True
@@ -113,6 +111,3 @@ def test_database_restart_under_load_answers_503_and_the_same_workers_recover():
         figures["writes"] = summary([r for r in replies if r.kind == "write"])
         figures["same_worker_pids"] = pids_after == pids
         record("database_restart", figures)
-    finally:
-        server.remove()
-        shutil.rmtree(folder, ignore_errors=True)
