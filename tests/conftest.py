@@ -17,7 +17,7 @@ from apps.api.app import create_app
 from apps.api.app.models import database
 from devtools.embedded_pg import EmbeddedPostgres
 from tests.helpers import (
-    HEALTH_TOKEN,
+    HEALTH_HEADERS,
     TEST_PASSWORD,
     ServerInfo,
     app_config,
@@ -85,7 +85,7 @@ def client(app):
 @pytest.fixture
 def health_headers() -> dict[str, str]:
     """Headers that pass the health endpoints' bearer check."""
-    return {"Authorization": f"Bearer {HEALTH_TOKEN}"}
+    return dict(HEALTH_HEADERS)  # a copy, so that no test can change what the next one gets
 
 
 @pytest.fixture

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import subprocess
-import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 
@@ -12,7 +11,7 @@ import pytest
 
 from devtools.embedded_pg import free_port
 from tests.helpers import app_backends, app_config
-from tests.support.gunicorn import ROOT, get_json, start_gunicorn, stop_gunicorn
+from tests.support.gunicorn import GUNICORN_COMMAND, ROOT, get_json, start_gunicorn, stop_gunicorn
 
 pytestmark = pytest.mark.slow
 
@@ -53,7 +52,7 @@ def test_gunicorn_serves_from_two_workers_and_stops_cleanly(database_url, admin_
 def test_gunicorn_refuses_bad_settings_before_starting_workers(database_url, settings, sentence):
     env = {**os.environ, **app_config(database_url, PORT=free_port(), **settings)}
     result = subprocess.run(
-        [sys.executable, "-m", "gunicorn", "-c", "gunicorn.conf.py", "apps.api.wsgi:app"],
+        GUNICORN_COMMAND,
         cwd=ROOT,
         env=env,
         capture_output=True,

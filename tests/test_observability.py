@@ -14,12 +14,11 @@ import pytest
 from prometheus_client import Histogram
 
 from apps.api.app.metrics import BufferedHistogram
-from tests.helpers import HEALTH_TOKEN, bearer, wait_until
+from tests.helpers import HEALTH_HEADERS, HEALTH_TOKEN, bearer, wait_until
 from tests.support.gunicorn import start_gunicorn, stop_gunicorn
 
 pytestmark = pytest.mark.slow
 
-AUTH = {"Authorization": f"Bearer {HEALTH_TOKEN}"}
 FLUSH_SECONDS = 1.5  # a worker's buffered histograms reach the shared files within about a second
 
 
@@ -71,7 +70,7 @@ def test_metrics_count_requests_from_both_workers(server):
     count = "rentals_http_request_duration_seconds_count"
 
     def health_count() -> float:
-        return metric_sum(request(port, "/metrics", AUTH)[2].decode(), count, endpoint="health.health")
+        return metric_sum(request(port, "/metrics", HEALTH_HEADERS)[2].decode(), count, endpoint="health.health")
 
     # Each worker adds its buffered observations about once a second (metrics.BufferedHistogram):
     # wait for the start-up checks to land, then count 200 more.
@@ -81,7 +80,7 @@ def test_metrics_count_requests_from_both_workers(server):
     pids = worker_pids(port, 200)
     assert len(pids) == 2, "the kernel sent every request to one worker; cannot test the sum"
     assert wait_until(lambda: health_count() - before == 200, timeout=5, interval=0.2), health_count() - before
-    status, headers, body = request(port, "/metrics", AUTH)
+    status, headers, body = request(port, "/metrics", HEALTH_HEADERS)
     assert status == 200
     assert headers["Content-Type"].startswith("text/plain")
     text = body.decode()
@@ -106,7 +105,7 @@ def test_health_db_sums_the_pools_of_all_live_workers(server):
     assert len(pids) == 2
 
     def both_workers_published():
-        body = json.loads(request(port, "/api/health/db", AUTH)[2])
+        body = json.loads(request(port, "/api/health/db", HEALTH_HEADERS)[2])
         return body if {w["pid"] for w in body["all_workers"]["workers"]} == pids else None
 
     body = wait_until(both_workers_published, timeout=10, interval=0.2)
@@ -128,7 +127,7 @@ def test_a_killed_worker_leaves_the_aggregate(server):
 
     def replaced():
         try:
-            body = json.loads(request(port, "/api/health/db", AUTH)[2])
+            body = json.loads(request(port, "/api/health/db", HEALTH_HEADERS)[2])
         except ConnectionError:
             # reuse_port: a connection the kernel had queued on the killed worker's own
             # socket is reset, as on any crash; the next one reaches a live worker.
@@ -154,7 +153,7 @@ def test_request_ids_round_trip_and_bad_ones_are_replaced(server):
 def test_json_log_lines_parse_and_carry_no_secret(database_url):
     process, port = start_gunicorn(database_url, LOG_FORMAT="json", LOG_LEVEL="info")
     try:
-        request(port, "/api/health/db/test", {**AUTH, "X-Request-ID": "log-check-1"})
+        request(port, "/api/health/db/test", {**HEALTH_HEADERS, "X-Request-ID": "log-check-1"})
         request(port, "/api/health/db", {"Authorization": "Bearer wrong-token-value"})
     finally:
         output = stop_gunicorn(process)

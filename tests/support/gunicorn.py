@@ -20,6 +20,8 @@ from tests.helpers import HEALTH_HEADERS, HEALTH_TOKEN, app_config, wait_until
 from tests.support.load import send
 
 ROOT = Path(__file__).resolve().parents[2]
+# The production command (README), run from ROOT by this virtualenv's Python.
+GUNICORN_COMMAND = [sys.executable, "-m", "gunicorn", "-c", "gunicorn.conf.py", "apps.api.wsgi:app"]
 # What start_gunicorn runs unless told otherwise: 2 workers x 4 threads, 4 connections per pool.
 WORKERS = 2
 THREADS = 4
@@ -73,7 +75,7 @@ def start_gunicorn(database_url: str, **overrides: object) -> tuple[subprocess.P
     # A file, not a pipe: nobody reads a pipe while the test runs, and a full one blocks the workers.
     log = tempfile.NamedTemporaryFile("w+", prefix="gunicorn-", suffix=".log")  # noqa: SIM115 (closed by stop_gunicorn)
     process = subprocess.Popen(
-        [sys.executable, "-m", "gunicorn", "-c", "gunicorn.conf.py", "apps.api.wsgi:app"],
+        GUNICORN_COMMAND,
         cwd=ROOT,
         env=env,
         stdout=log,
