@@ -111,13 +111,6 @@ def own_backends(conn: psycopg2.extensions.connection) -> int:
         return cur.fetchone()[0]
 
 
-def terminate_backend(conn: psycopg2.extensions.connection, pid: int) -> None:
-    """Kill one backend with pg_terminate_backend and wait (up to 5 s) until it is gone."""
-    with conn.cursor() as cur:
-        cur.execute("SELECT pg_terminate_backend(%s, 5000)", (pid,))
-        assert cur.fetchone()[0], f"backend {pid} did not exit"
-
-
 # -- the app's pool, seen from inside ----------------------------------------------------
 
 

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import contextlib
 import logging
-import socket
 import threading
 import time
 
@@ -34,9 +32,9 @@ from tests.helpers import (
     own_backends,
     pool_of,
     private_server,
-    terminate_backend,
     wait_until,
 )
+from tests.support.faults import StallingProxy, terminate_backend
 
 ERROR_KEYS = {"code", "message", "details"}
 
@@ -487,54 +485,6 @@ def test_short_holds_are_not_reported_as_leaks(make_app, caplog):
 
 
 # -- a server that stops answering ----------------------------------------------------------
-
-
-class StallingProxy:
-    """A TCP proxy to the real test server that can stop answering new connections.
-
-    While `stall` is set, a new connection is accepted and then left without a reply, as a
-    server host does when its accept queue is full or the network drops its packets.
-    """
-
-    def __init__(self, host: str, port: int) -> None:
-        self.target = (host, port)
-        self.listener = socket.create_server(("127.0.0.1", 0))
-        self.port = self.listener.getsockname()[1]
-        self.stall = threading.Event()
-        self.stalled = 0
-        self._sockets: list[socket.socket] = []
-        threading.Thread(target=self._accept, daemon=True).start()
-
-    def _accept(self) -> None:
-        while True:
-            try:
-                client, _ = self.listener.accept()
-            except OSError:
-                return
-            self._sockets.append(client)
-            if self.stall.is_set():
-                self.stalled += 1
-                continue
-            upstream = socket.create_connection(self.target)
-            self._sockets.append(upstream)
-            for source, sink in ((client, upstream), (upstream, client)):
-                threading.Thread(target=self._pipe, args=(source, sink), daemon=True).start()
-
-    @staticmethod
-    def _pipe(source: socket.socket, sink: socket.socket) -> None:
-        with contextlib.suppress(OSError):
-            while data := source.recv(65536):
-                sink.sendall(data)
-        with contextlib.suppress(OSError):
-            sink.shutdown(socket.SHUT_WR)
-
-    def close(self) -> None:
-        """Stop listening and cut every connection, stalled ones included."""
-        self.listener.close()
-        for sock in self._sockets:
-            with contextlib.suppress(OSError):
-                sock.shutdown(socket.SHUT_RDWR)
-            sock.close()
 
 
 @pytest.mark.slow

@@ -1,12 +1,14 @@
 """Faults injected into PostgreSQL from outside the app, and probes that watch its backends.
 
-Each fault is undone when its block ends, also when the test fails: locks are rolled back
-and their sessions closed, samplers stopped.
+Killed backends, locked tables and rows, a server that stops answering. Each fault that
+lasts is undone when its block ends, also when the test fails: locks are rolled back and
+their sessions closed, the proxy's sockets cut, samplers stopped.
 """
 
 from __future__ import annotations
 
 import contextlib
+import socket
 import threading
 from collections.abc import Iterator
 
@@ -16,6 +18,13 @@ from apps.api.app.models import database
 from tests.helpers import own_backends, wait_until
 
 # -- faults ----------------------------------------------------------------------------
+
+
+def terminate_backend(conn: psycopg2.extensions.connection, pid: int) -> None:
+    """Kill one backend with pg_terminate_backend and wait (up to 5 s) until it is gone."""
+    with conn.cursor() as cur:
+        cur.execute("SELECT pg_terminate_backend(%s, 5000)", (pid,))
+        assert cur.fetchone()[0], f"backend {pid} did not exit"
 
 
 def kill_app_backends(conn: psycopg2.extensions.connection) -> int:
@@ -53,6 +62,54 @@ def row_locked(database_url: str, product_id: int) -> Iterator[None]:
     finally:
         conn.rollback()
         conn.close()
+
+
+class StallingProxy:
+    """A TCP proxy to the real test server that can stop answering new connections.
+
+    While `stall` is set, a new connection is accepted and then left without a reply, as a
+    server host does when its accept queue is full or the network drops its packets.
+    """
+
+    def __init__(self, host: str, port: int) -> None:
+        self.target = (host, port)
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self.listener.getsockname()[1]
+        self.stall = threading.Event()
+        self.stalled = 0
+        self._sockets: list[socket.socket] = []
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                client, _ = self.listener.accept()
+            except OSError:
+                return
+            self._sockets.append(client)
+            if self.stall.is_set():
+                self.stalled += 1
+                continue
+            upstream = socket.create_connection(self.target)
+            self._sockets.append(upstream)
+            for source, sink in ((client, upstream), (upstream, client)):
+                threading.Thread(target=self._pipe, args=(source, sink), daemon=True).start()
+
+    @staticmethod
+    def _pipe(source: socket.socket, sink: socket.socket) -> None:
+        with contextlib.suppress(OSError):
+            while data := source.recv(65536):
+                sink.sendall(data)
+        with contextlib.suppress(OSError):
+            sink.shutdown(socket.SHUT_WR)
+
+    def close(self) -> None:
+        """Stop listening and cut every connection, stalled ones included."""
+        self.listener.close()
+        for sock in self._sockets:
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
+            sock.close()
 
 
 # -- probes ----------------------------------------------------------------------------
