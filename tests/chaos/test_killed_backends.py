@@ -6,12 +6,21 @@ import time
 
 import pytest
 
-from tests.support.chaos import RECOVERY_LIMIT, SCALE, assert_clean_replies, check_bookings, record, summary, summed
+from tests.support.chaos import (
+    RECOVERY_LIMIT,
+    SCALE,
+    SCENARIO_TIMEOUT,
+    assert_clean_replies,
+    check_bookings,
+    record,
+    summary,
+    summed,
+)
 from tests.support.faults import kill_app_backends
 from tests.support.gunicorn import WORKERS, each_workers_pool, pools_settled, start_workers, stop_gunicorn, worker_pids
 from tests.support.load import LoadGenerator
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(SCENARIO_TIMEOUT)]
 
 
 def test_killed_backends_mid_load_cost_only_503s_and_no_write(database_url, admin_conn, world):

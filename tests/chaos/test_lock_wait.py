@@ -6,12 +6,21 @@ import time
 
 import pytest
 
-from tests.support.chaos import MARGIN, SCALE, assert_clean_replies, check_bookings, count_rentals, record, summary
+from tests.support.chaos import (
+    MARGIN,
+    SCALE,
+    SCENARIO_TIMEOUT,
+    assert_clean_replies,
+    check_bookings,
+    count_rentals,
+    record,
+    summary,
+)
 from tests.support.faults import locked
 from tests.support.gunicorn import WORKERS, start_workers, stop_gunicorn
 from tests.support.load import Burst, send_all
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(SCENARIO_TIMEOUT)]
 
 
 def test_locked_table_makes_requests_wait_the_lock_timeout_then_503_then_succeed(database_url, admin_conn, world):

@@ -13,6 +13,7 @@ from tests.support.chaos import (
     MARGIN,
     POOL_TIMEOUT,
     SCALE,
+    SCENARIO_TIMEOUT,
     assert_clean_replies,
     check_bookings,
     record,
@@ -23,7 +24,7 @@ from tests.support.faults import BackendSampler, locked, wait_gone
 from tests.support.gunicorn import POOL_MAX, WORKERS, each_workers_pool, pools_settled, start_workers, stop_gunicorn
 from tests.support.load import Burst, Reply, read_request, send, send_all, serve
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(SCENARIO_TIMEOUT)]
 
 
 def test_burst_beyond_threads_and_pool_under_gunicorn_queues_then_leaks_nothing(database_url, admin_conn, world):

@@ -9,11 +9,19 @@ import psycopg2
 import pytest
 
 from tests.helpers import load_migrations, private_server
-from tests.support.chaos import RECOVERY_LIMIT, SCALE, assert_clean_replies, check_bookings, record, summary
+from tests.support.chaos import (
+    RECOVERY_LIMIT,
+    SCALE,
+    SCENARIO_TIMEOUT,
+    assert_clean_replies,
+    check_bookings,
+    record,
+    summary,
+)
 from tests.support.gunicorn import WORKERS, start_workers, stop_gunicorn, worker_pids
 from tests.support.load import LoadGenerator, Reply, seed_world
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(SCENARIO_TIMEOUT)]
 
 
 def prepare_database(server) -> str:

@@ -10,12 +10,12 @@ from typing import Any
 import pytest
 
 from tests.helpers import wait_until
-from tests.support.chaos import SCALE, assert_clean_replies, check_bookings, record, summary
+from tests.support.chaos import SCALE, SCENARIO_TIMEOUT, assert_clean_replies, check_bookings, record, summary
 from tests.support.faults import row_locked, wait_gone, waiting_bookings_of
 from tests.support.gunicorn import WORKERS, start_workers, stop_gunicorn
 from tests.support.load import Burst, LoadGenerator, World
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(SCENARIO_TIMEOUT)]
 
 
 # Bookings held in the database over SIGTERM, apart from the load's (which start at FIRST_DAY).

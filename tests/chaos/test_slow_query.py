@@ -6,12 +6,21 @@ import time
 
 import pytest
 
-from tests.support.chaos import MARGIN, SCALE, assert_clean_replies, count_rentals, record, summary, summed
+from tests.support.chaos import (
+    MARGIN,
+    SCALE,
+    SCENARIO_TIMEOUT,
+    assert_clean_replies,
+    count_rentals,
+    record,
+    summary,
+    summed,
+)
 from tests.support.faults import lock_waiters, locked
 from tests.support.gunicorn import WORKERS, each_workers_pool, start_workers, stop_gunicorn
 from tests.support.load import Burst, send_all
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(SCENARIO_TIMEOUT)]
 
 
 def test_statement_past_the_timeout_is_cancelled_with_503_and_the_connection_stays(database_url, admin_conn, world):
