@@ -1,4 +1,5 @@
-"""gunicorn as the tests run it: `gunicorn -c gunicorn.conf.py` in a subprocess on a free port."""
+"""gunicorn as the tests run it: `gunicorn -c gunicorn.conf.py` in a subprocess on a free port,
+stopped by stop_gunicorn whatever happens; and what its workers and their pools report."""
 
 from __future__ import annotations
 
