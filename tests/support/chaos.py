@@ -25,7 +25,7 @@ from tests.support.load import FIRST_DAY, Reply, World
 SCALE = max(1, int(os.environ.get("CHAOS_SCALE", "1")))
 REPORT = os.environ.get("CHAOS_REPORT")
 # pyproject's 60 s test timeout per unit of scale: the scenarios that repeat CHAOS_SCALE times
-# (the restart test takes ~12-18 s in make test and about 70 s in make chaos) mark themselves with it.
+# (the restart test takes 12-18 s in make test and 60-70 s in make chaos) mark themselves with it.
 SCENARIO_TIMEOUT = 60 * SCALE
 
 POOL_TIMEOUT = 2.0  # DB_POOL_TIMEOUT of app_config
