@@ -38,12 +38,12 @@ bench: $(BENCH_STAMP)
 bench-profile: $(BENCH_STAMP)
 	$(BIN)/python -m bench.profile
 
-## chaos: the fault tests of tests/test_chaos.py at length (database restarts, killed backends,
+## chaos: the fault tests of tests/chaos/ at length (database restarts, killed backends,
 ##        overload, slow queries, lock waits, SIGTERM, leaks; ~2.5 min), figures to docs/chaos-results.json.
 ##        make test runs the same tests once, briefly. CHAOS_SCALE=1 make chaos: the brief form.
 CHAOS_SCALE ?= 5
 chaos: $(STAMP)
-	CHAOS_SCALE=$(CHAOS_SCALE) CHAOS_REPORT=docs/chaos-results.json $(BIN)/python -m pytest -v tests/test_chaos.py
+	CHAOS_SCALE=$(CHAOS_SCALE) CHAOS_REPORT=docs/chaos-results.json $(BIN)/python -m pytest -v tests/chaos
 
 ## fuzz: schemathesis on every operation of /api/openapi.json at length (FUZZ_EXAMPLES per
 ##       operation, FUZZ_STATEFUL_RUNS linked call sequences; ~1.5 min), figures to docs/fuzz-results.json.

@@ -1,15 +1,13 @@
 """Fixtures: one embedded PostgreSQL per test session, a migrated template database, and a
-fresh database per test cloned from it by pytest-postgresql."""
+fresh database per test cloned from it by pytest-postgresql.
+
+Only fixtures and the pytest-postgresql factories live here; the plain functions they use,
+and the tests import, are in tests/helpers.py.
+"""
 
 from __future__ import annotations
 
-import shutil
-import tempfile
-import threading
-import time
 from collections.abc import Iterator
-from dataclasses import dataclass
-from pathlib import Path
 
 import psycopg2
 import pytest
@@ -18,45 +16,23 @@ from pytest_postgresql import factories
 from apps.api.app import create_app
 from apps.api.app.models import database
 from devtools.embedded_pg import EmbeddedPostgres
-
-HEALTH_TOKEN = "test-health-token"
-
-
-@dataclass
-class ServerInfo:
-    """What pytest-postgresql's noproc factory needs from the server it depends on."""
-
-    host: str
-    port: int
-    user: str
-    password: str
-    options: str = ""
-    maintenance_dbname: str = "postgres"
-    template_dbname: str | None = None
-
-
-def start_private_server(settings: dict[str, str] | None = None) -> tuple[EmbeddedPostgres, Path]:
-    """Start a throwaway PostgreSQL in a new folder; the caller stops it and removes the folder."""
-    folder = Path(tempfile.mkdtemp(prefix="rentals-test-pg-"))
-    server = EmbeddedPostgres(folder / "data", settings={"fsync": "off", **(settings or {})})
-    try:
-        server.start()
-    except BaseException:
-        server.remove()
-        shutil.rmtree(folder, ignore_errors=True)
-        raise
-    return server, folder
+from tests.helpers import (
+    HEALTH_HEADERS,
+    TEST_PASSWORD,
+    ServerInfo,
+    app_config,
+    bearer,
+    insert_row,
+    load_migrations,
+    private_server,
+)
 
 
 @pytest.fixture(scope="session")
 def pg_server() -> Iterator[EmbeddedPostgres]:
     """The session's PostgreSQL server: started once, stopped and deleted at the end."""
-    server, folder = start_private_server({"max_connections": "200"})
-    try:
+    with private_server({"max_connections": "200"}) as server:
         yield server
-    finally:
-        server.remove()
-        shutil.rmtree(folder, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")
@@ -65,39 +41,10 @@ def pg_server_info(pg_server: EmbeddedPostgres) -> ServerInfo:
     return ServerInfo(pg_server.host, pg_server.port, pg_server.user, pg_server.password)
 
 
-def load_migrations(host: str, port: int, user: str, dbname: str, password: str, **_: object) -> None:
-    """Apply the project's migrations to the template database, through the app itself."""
-    url = f"postgresql://{user}:{password}@{host}:{port}/{dbname}"
-    app = create_app(app_config(url))
-    try:
-        with app.app_context():
-            from apps.api.app import migrate
-
-            migrate.upgrade()
-    finally:
-        database.close_pool(app)
-
-
 postgresql_proc = factories.postgresql_noproc(
     depends_on="pg_server_info", dbname="rentals_test", load=[load_migrations]
 )
 postgresql = factories.postgresql("postgresql_proc")
-
-
-def app_config(database_url: str, **overrides: object) -> dict[str, str]:
-    """Return settings for a test app on `database_url`; overrides by env var name."""
-    config = {
-        "APP_ENV": "test",
-        "DATABASE_URL": database_url,
-        "SECRET_KEY": "test-secret-key",
-        "HEALTH_API_TOKEN": HEALTH_TOKEN,
-        "DB_POOL_MIN_CONNECTIONS": "1",
-        "DB_POOL_MAX_CONNECTIONS": "5",
-        "DB_POOL_TIMEOUT": "2",
-        "LOG_LEVEL": "debug",
-    }
-    config.update({key: str(value) for key, value in overrides.items()})
-    return config
 
 
 @pytest.fixture
@@ -138,7 +85,7 @@ def client(app):
 @pytest.fixture
 def health_headers() -> dict[str, str]:
     """Headers that pass the health endpoints' bearer check."""
-    return {"Authorization": f"Bearer {HEALTH_TOKEN}"}
+    return dict(HEALTH_HEADERS)  # a copy, so that no test can change what the next one gets
 
 
 @pytest.fixture
@@ -152,63 +99,7 @@ def admin_conn(database_url: str) -> Iterator[psycopg2.extensions.connection]:
         conn.close()
 
 
-def app_backends(conn: psycopg2.extensions.connection) -> int:
-    """Return how many backends the app (application_name rentals-api) has open on the server."""
-    with conn.cursor() as cur:
-        cur.execute("SELECT count(*) FROM pg_stat_activity WHERE application_name = %s", (database.APPLICATION_NAME,))
-        return cur.fetchone()[0]
-
-
-def own_backends(conn: psycopg2.extensions.connection) -> int:
-    """Return how many app backends are open on this test's database only (other tests' leftovers excluded)."""
-    with conn.cursor() as cur:
-        cur.execute(
-            "SELECT count(*) FROM pg_stat_activity WHERE application_name = %s AND datname = current_database()",
-            (database.APPLICATION_NAME,),
-        )
-        return cur.fetchone()[0]
-
-
-def wait_until(predicate, timeout: float = 5.0, interval: float = 0.02) -> bool:
-    """Poll `predicate` until it returns true or `timeout` seconds pass; return its last answer."""
-    deadline = time.monotonic() + timeout
-    while True:
-        if predicate():
-            return True
-        if time.monotonic() >= deadline:
-            return bool(predicate())
-        time.sleep(interval)
-
-
-def terminate_backend(conn: psycopg2.extensions.connection, pid: int) -> None:
-    """Kill one backend with pg_terminate_backend and wait (up to 5 s) until it is gone."""
-    with conn.cursor() as cur:
-        cur.execute("SELECT pg_terminate_backend(%s, 5000)", (pid,))
-        assert cur.fetchone()[0], f"backend {pid} did not exit"
-
-
-class AppThread(threading.Thread):
-    """Run `target` inside `app`'s app context in a thread; keep its result or its exception."""
-
-    def __init__(self, app, target, *args: object) -> None:
-        super().__init__(daemon=True)
-        self.app = app
-        self.target_fn = target
-        self.target_args = args
-        self.result: object = None
-        self.error: BaseException | None = None
-
-    def run(self) -> None:
-        with self.app.app_context():
-            try:
-                self.result = self.target_fn(*self.target_args)
-            except BaseException as exc:
-                self.error = exc
-
-
 # -- the rentals domain: users, tokens, rows ---------------------------------------------
-
-TEST_PASSWORD = "correct horse battery staple"
 
 
 @pytest.fixture(scope="session")
@@ -217,16 +108,6 @@ def password_hash() -> str:
     from apps.api.app.auth import hash_password
 
     return hash_password(TEST_PASSWORD)
-
-
-def insert_row(conn: psycopg2.extensions.connection, table: str, **values: object) -> dict:
-    """Insert one row straight into `table` (test setup, outside the app) and return it as a dict."""
-    columns = ", ".join(values)
-    placeholders = ", ".join(["%s"] * len(values))
-    with conn.cursor() as cur:
-        cur.execute(f"INSERT INTO {table} ({columns}) VALUES ({placeholders}) RETURNING *", tuple(values.values()))
-        names = [column.name for column in cur.description]
-        return dict(zip(names, cur.fetchone(), strict=True))
 
 
 @pytest.fixture
@@ -247,15 +128,6 @@ def make_user(admin_conn, password_hash):
         )
 
     return make
-
-
-def bearer(app, user: dict) -> dict[str, str]:
-    """Return Authorization headers with a fresh token of `app` for `user`."""
-    from apps.api.app.auth import issue_token
-
-    with app.app_context():
-        token, _ = issue_token(user["id"], user["role"])
-    return {"Authorization": f"Bearer {token}"}
 
 
 @pytest.fixture

@@ -11,11 +11,7 @@ import pytest
 from itsdangerous import TimestampSigner
 
 from apps.api.app import auth
-from tests.conftest import HEALTH_TOKEN, TEST_PASSWORD, app_config, bearer
-
-
-def login(client, email, password=TEST_PASSWORD):
-    return client.post("/api/auth/login", json={"email": email, "password": password})
+from tests.helpers import HEALTH_TOKEN, app_config, bearer, login
 
 
 def test_login_returns_a_token_its_expiry_and_the_user(client, admin_user):

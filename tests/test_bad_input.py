@@ -16,7 +16,7 @@ import json
 
 import pytest
 
-from tests.conftest import bearer
+from tests.helpers import bearer
 
 INT64_MAX = 2**63 - 1
 INT32_MAX = 2**31 - 1

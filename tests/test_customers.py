@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.conftest import insert_row
+from tests.helpers import insert_row
 
 
 def test_create_customer_returns_it_whole_with_201_and_location(client, staff_headers):

@@ -10,7 +10,7 @@ import pytest
 
 from apps.api.app import seed
 from apps.api.app.models import dashboard
-from tests.conftest import bearer
+from tests.helpers import bearer
 
 
 def rows(conn, sql: str) -> list[dict]:

@@ -19,7 +19,7 @@ from apps.api.app.models.database import (
     pool_stats,
     transaction,
 )
-from tests.conftest import own_backends, wait_until
+from tests.helpers import own_backends, wait_until
 
 
 @pytest.fixture

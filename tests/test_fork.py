@@ -8,16 +8,11 @@ import os
 
 import pytest
 
-from apps.api.app.models.database import PoolClosed, close_pool, execute_query_one, get_pool
-from tests.conftest import wait_until
+from apps.api.app.models.database import PoolClosed, close_pool, get_pool
+from tests.helpers import backend_pid, give_back, hold, wait_until
 
 # Python 3.12+ warns about forking a process that runs threads (the pool's maintenance thread).
 pytestmark = pytest.mark.filterwarnings("ignore:This process .* is multi-threaded:DeprecationWarning")
-
-
-def backend_pid() -> int:
-    """Return the backend pid of a connection borrowed from the current app's pool."""
-    return execute_query_one("SELECT pg_backend_pid() AS pid")["pid"]
 
 
 def run_in_child(child) -> dict:
@@ -93,12 +88,9 @@ def test_inherited_pool_refuses_to_lend_in_the_child(app):
 def test_child_dropping_the_inherited_pool_does_not_end_the_parents_sessions(app, admin_conn):
     # Closing or garbage-collecting inherited connections in the child must not send the
     # server a Terminate for the parent's sessions.
-    with app.app_context():
-        parent_pool = get_pool()
-        held = [parent_pool.getconn() for _ in range(3)]
-        backends = {conn.get_backend_pid() for conn in held}
-        for conn in held:
-            parent_pool.putconn(conn)
+    parent_pool, held = hold(app, 3)
+    backends = {conn.get_backend_pid() for conn in held}
+    give_back(parent_pool, held)
     del held
 
     def child():

@@ -28,11 +28,16 @@ from hypothesis import HealthCheck, settings
 from schemathesis.specs.openapi.checks import positive_data_acceptance
 
 from apps.api.app import create_app
-from tests.conftest import app_config, bearer, insert_row
+from tests.helpers import app_config, bearer, insert_row
 
 FUZZ_EXAMPLES = int(os.environ.get("FUZZ_EXAMPLES", "30"))
 FUZZ_STATEFUL_RUNS = int(os.environ.get("FUZZ_STATEFUL_RUNS", "20"))
 FUZZ_REPORT = os.environ.get("FUZZ_REPORT")
+# make test's 30 examples per operation take up to ~4 s and its 20 sequences ~4 s; make fuzz
+# runs up to 500 and 300. Half a second per example and a second per sequence, at least
+# pyproject's 60 s, leave room for a busy machine without letting a hang run on.
+GENERATED_TIMEOUT = max(60, FUZZ_EXAMPLES // 2)
+STATEFUL_TIMEOUT = max(60, FUZZ_STATEFUL_RUNS)
 HYPOTHESIS_SETTINGS = {
     "derandomize": True,
     "database": None,
@@ -164,12 +169,14 @@ def _validate(case, headers: dict[str, str]) -> None:
     )
 
 
+@pytest.mark.timeout(GENERATED_TIMEOUT)
 @schema.parametrize()
 @settings(max_examples=FUZZ_EXAMPLES, **HYPOTHESIS_SETTINGS)
 def test_every_operation_answers_as_documented_and_never_5xx(case, fuzz_headers):
     _validate(case, fuzz_headers)
 
 
+@pytest.mark.timeout(STATEFUL_TIMEOUT)
 def test_sequences_of_linked_calls_answer_as_documented(fuzz_headers, admin_conn):
     class APIWorkflow(schema.as_state_machine()):
         def setup(self):

@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from apps.api.app.models.database import get_pool
 from devtools.embedded_pg import free_port
-from tests.conftest import HEALTH_TOKEN
+from tests.helpers import HEALTH_TOKEN, give_back, hold
 
 POOL_KEYS = {"min_connections", "max_connections", "available", "in_use", "total", "waiting"}
 COUNTER_KEYS = {
@@ -105,14 +104,11 @@ def test_bad_credentials_never_touch_the_database(make_app):
 def test_status_turns_warning_at_the_warn_threshold(make_app, health_headers, held, status):
     # 5 connections, threshold 60 %: 3 held is 60 %.
     app = make_app(DB_POOL_MAX_CONNECTIONS=5, DB_POOL_WARN_THRESHOLD=0.6)
-    with app.app_context():
-        pool = get_pool()
-    conns = [pool.getconn() for _ in range(held)]
+    pool, conns = hold(app, held)
     try:
         response = app.test_client().get("/api/health/db", headers=health_headers)
     finally:
-        for conn in conns:
-            pool.putconn(conn)
+        give_back(pool, conns)
     assert response.status_code == 200
     body = response.json
     assert body["status"] == status
@@ -125,14 +121,11 @@ def test_status_turns_warning_at_the_warn_threshold(make_app, health_headers, he
 
 def test_saturated_pool_is_a_warning_not_an_error(make_app, health_headers):
     app = make_app(DB_POOL_MAX_CONNECTIONS=2, DB_POOL_TIMEOUT=0.3)
-    with app.app_context():
-        pool = get_pool()
-    conns = [pool.getconn() for _ in range(2)]
+    pool, conns = hold(app, 2)
     try:
         response = app.test_client().get("/api/health/db", headers=health_headers)
     finally:
-        for conn in conns:
-            pool.putconn(conn)
+        give_back(pool, conns)
     assert response.status_code == 200
     assert response.json["status"] == "warning"
     assert response.json["database"]["busy"] is True

@@ -11,7 +11,7 @@ import pytest
 from apps.api.app import migrate
 from apps.api.app.migrate import MigrationError
 from apps.api.app.models.database import execute_query
-from tests.conftest import AppThread
+from tests.helpers import AppThread
 
 # High versions, so they never collide with the project's own migrations already in the test database.
 FIRST = "9001_create_gear.sql"

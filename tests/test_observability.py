@@ -7,7 +7,6 @@ import json
 import os
 import re
 import signal
-import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -15,12 +14,11 @@ import pytest
 from prometheus_client import Histogram
 
 from apps.api.app.metrics import BufferedHistogram
-from tests.conftest import HEALTH_TOKEN, bearer
-from tests.test_gunicorn import start_gunicorn, stop_gunicorn
+from tests.helpers import HEALTH_HEADERS, HEALTH_TOKEN, bearer, wait_until
+from tests.support.gunicorn import start_gunicorn, stop_gunicorn
 
 pytestmark = pytest.mark.slow
 
-AUTH = {"Authorization": f"Bearer {HEALTH_TOKEN}"}
 FLUSH_SECONDS = 1.5  # a worker's buffered histograms reach the shared files within about a second
 
 
@@ -56,16 +54,6 @@ def metric_sum(text: str, name: str, **labels: str) -> float:
     return total
 
 
-def wait_for(predicate, timeout: float = 10.0, interval: float = 0.2):
-    """Return predicate()'s first truthy value within `timeout` seconds, else the last one."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value or time.monotonic() > deadline:
-            return value
-        time.sleep(interval)
-
-
 @pytest.fixture
 def server(database_url):
     process, port = start_gunicorn(database_url, LOG_FORMAT="json", LOG_LEVEL="info")
@@ -82,17 +70,17 @@ def test_metrics_count_requests_from_both_workers(server):
     count = "rentals_http_request_duration_seconds_count"
 
     def health_count() -> float:
-        return metric_sum(request(port, "/metrics", AUTH)[2].decode(), count, endpoint="health.health")
+        return metric_sum(request(port, "/metrics", HEALTH_HEADERS)[2].decode(), count, endpoint="health.health")
 
     # Each worker adds its buffered observations about once a second (metrics.BufferedHistogram):
     # wait for the start-up checks to land, then count 200 more.
     before = health_count()
-    while wait_for(lambda seen=before: health_count() != seen, timeout=FLUSH_SECONDS):
+    while wait_until(lambda seen=before: health_count() != seen, timeout=FLUSH_SECONDS, interval=0.2):
         before = health_count()
     pids = worker_pids(port, 200)
     assert len(pids) == 2, "the kernel sent every request to one worker; cannot test the sum"
-    assert wait_for(lambda: health_count() - before == 200, timeout=5), health_count() - before
-    status, headers, body = request(port, "/metrics", AUTH)
+    assert wait_until(lambda: health_count() - before == 200, timeout=5, interval=0.2), health_count() - before
+    status, headers, body = request(port, "/metrics", HEALTH_HEADERS)
     assert status == 200
     assert headers["Content-Type"].startswith("text/plain")
     text = body.decode()
@@ -117,10 +105,10 @@ def test_health_db_sums_the_pools_of_all_live_workers(server):
     assert len(pids) == 2
 
     def both_workers_published():
-        body = json.loads(request(port, "/api/health/db", AUTH)[2])
+        body = json.loads(request(port, "/api/health/db", HEALTH_HEADERS)[2])
         return body if {w["pid"] for w in body["all_workers"]["workers"]} == pids else None
 
-    body = wait_for(both_workers_published)
+    body = wait_until(both_workers_published, timeout=10, interval=0.2)
     assert body, "the aggregate never listed both workers"
     workers = body["all_workers"]
     assert workers["worker_count"] == 2
@@ -139,7 +127,7 @@ def test_a_killed_worker_leaves_the_aggregate(server):
 
     def replaced():
         try:
-            body = json.loads(request(port, "/api/health/db", AUTH)[2])
+            body = json.loads(request(port, "/api/health/db", HEALTH_HEADERS)[2])
         except ConnectionError:
             # reuse_port: a connection the kernel had queued on the killed worker's own
             # socket is reset, as on any crash; the next one reaches a live worker.
@@ -147,7 +135,7 @@ def test_a_killed_worker_leaves_the_aggregate(server):
         listed = {w["pid"] for w in body["all_workers"]["workers"]}
         return body if victim not in listed and len(listed) == 2 else None
 
-    body = wait_for(replaced, timeout=15)
+    body = wait_until(replaced, timeout=15, interval=0.2)
     assert body, "the killed worker stayed in the aggregate, or no new worker was counted"
     assert body["all_workers"]["worker_count"] == 2
 
@@ -165,7 +153,7 @@ def test_request_ids_round_trip_and_bad_ones_are_replaced(server):
 def test_json_log_lines_parse_and_carry_no_secret(database_url):
     process, port = start_gunicorn(database_url, LOG_FORMAT="json", LOG_LEVEL="info")
     try:
-        request(port, "/api/health/db/test", {**AUTH, "X-Request-ID": "log-check-1"})
+        request(port, "/api/health/db/test", {**HEALTH_HEADERS, "X-Request-ID": "log-check-1"})
         request(port, "/api/health/db", {"Authorization": "Bearer wrong-token-value"})
     finally:
         output = stop_gunicorn(process)

@@ -2,10 +2,7 @@
 
 from __future__ import annotations
 
-import contextlib
 import logging
-import shutil
-import socket
 import threading
 import time
 
@@ -26,33 +23,20 @@ from apps.api.app.models.database import (
     pool_stats,
     transaction,
 )
-from apps.api.app.pool import ConnectionPool, PooledConnection
-from tests.conftest import AppThread, app_config, own_backends, start_private_server, terminate_backend, wait_until
+from tests.helpers import (
+    AppThread,
+    app_config,
+    backend_pid,
+    give_back,
+    hold,
+    own_backends,
+    pool_of,
+    private_server,
+    wait_until,
+)
+from tests.support.faults import StallingProxy, terminate_backend
 
 ERROR_KEYS = {"code", "message", "details"}
-
-
-def pool_of(app: Flask) -> ConnectionPool:
-    """Return the app's pool, opening it if needed."""
-    with app.app_context():
-        return get_pool()
-
-
-def hold(app: Flask, count: int) -> tuple[ConnectionPool, list[PooledConnection]]:
-    """Borrow `count` connections from the app's pool; the caller gives them back."""
-    pool = pool_of(app)
-    return pool, [pool.getconn() for _ in range(count)]
-
-
-def give_back(pool: ConnectionPool, conns: list[PooledConnection]) -> None:
-    """Return every held connection to the pool."""
-    while conns:
-        pool.putconn(conns.pop())
-
-
-def backend_pid() -> int:
-    """Return the backend pid of a connection borrowed from the current app's pool."""
-    return execute_query_one("SELECT pg_backend_pid() AS pid")["pid"]
 
 
 # -- blocking acquire ---------------------------------------------------------------
@@ -233,65 +217,61 @@ def _restart_app(server) -> Flask:
 
 @pytest.mark.slow
 def test_first_read_after_a_server_restart_succeeds_without_restarting_the_app():
-    server, folder = start_private_server()
-    app = _restart_app(server)
-    try:
-        pool, held = hold(app, 3)
-        before = {conn.get_backend_pid() for conn in held}
-        give_back(pool, held)
-        server.stop()
-        server.start()
-        with app.app_context():
-            # No request came while the server was down: the very first one must succeed.
-            assert backend_pid() not in before
-            assert get_pool() is pool
-        assert pool.stats()["discarded"] >= 1
-        assert pool.stats()["in_use"] == 0
-    finally:
-        close_pool(app)
-        server.remove()
-        shutil.rmtree(folder, ignore_errors=True)
+    with private_server() as server:
+        app = _restart_app(server)
+        try:
+            pool, held = hold(app, 3)
+            before = {conn.get_backend_pid() for conn in held}
+            give_back(pool, held)
+            server.stop()
+            server.start()
+            with app.app_context():
+                # No request came while the server was down: the very first one must succeed.
+                assert backend_pid() not in before
+                assert get_pool() is pool
+            assert pool.stats()["discarded"] >= 1
+            assert pool.stats()["in_use"] == 0
+        finally:
+            close_pool(app)
 
 
 @pytest.mark.slow
 def test_server_down_answers_503_then_the_same_pool_recovers_when_it_returns(health_headers):
-    server, folder = start_private_server()
-    app = _restart_app(server)
-    client = app.test_client()
-    try:
-        pool, held = hold(app, 3)
-        give_back(pool, held)
-        server.stop()
-        with app.app_context():
-            for _ in range(3):
+    with private_server() as server:
+        app = _restart_app(server)
+        client = app.test_client()
+        try:
+            pool, held = hold(app, 3)
+            give_back(pool, held)
+            server.stop()
+            with app.app_context():
+                for _ in range(3):
+                    with pytest.raises(DatabaseUnavailable):
+                        execute_query_one("SELECT 1")
                 with pytest.raises(DatabaseUnavailable):
-                    execute_query_one("SELECT 1")
-            with pytest.raises(DatabaseUnavailable):
-                execute_write("SELECT 1")
-            with pytest.raises(DatabaseUnavailable), transaction() as cur:
-                cur.execute("SELECT 1")
-        for path in ("/api/health/db/test", "/api/health/db"):
-            response = client.get(path, headers=health_headers)
-            assert response.status_code == 503, (path, response.json)
-            assert response.headers["Retry-After"] == "2"
-        assert client.get("/api/health/db", headers=health_headers).json["status"] == "error"
-        error = client.get("/api/health/db/test", headers=health_headers).json["error"]
-        assert set(error) == ERROR_KEYS
-        assert error["code"] == "database_unavailable"
-        assert client.get("/api/health").status_code == 200
-        assert pool.stats()["in_use"] == 0
+                    execute_write("SELECT 1")
+                with pytest.raises(DatabaseUnavailable), transaction() as cur:
+                    cur.execute("SELECT 1")
+            for path in ("/api/health/db/test", "/api/health/db"):
+                response = client.get(path, headers=health_headers)
+                assert response.status_code == 503, (path, response.json)
+                assert response.headers["Retry-After"] == "2"
+            assert client.get("/api/health/db", headers=health_headers).json["status"] == "error"
+            error = client.get("/api/health/db/test", headers=health_headers).json["error"]
+            assert set(error) == ERROR_KEYS
+            assert error["code"] == "database_unavailable"
+            assert client.get("/api/health").status_code == 200
+            assert pool.stats()["in_use"] == 0
 
-        server.start()
-        assert wait_until(
-            lambda: client.get("/api/health/db/test", headers=health_headers).status_code == 200, timeout=10
-        )
-        assert pool_of(app) is pool
-        assert client.get("/api/health/db", headers=health_headers).json["status"] == "healthy"
-        assert pool.stats()["in_use"] == 0
-    finally:
-        close_pool(app)
-        server.remove()
-        shutil.rmtree(folder, ignore_errors=True)
+            server.start()
+            assert wait_until(
+                lambda: client.get("/api/health/db/test", headers=health_headers).status_code == 200, timeout=10
+            )
+            assert pool_of(app) is pool
+            assert client.get("/api/health/db", headers=health_headers).json["status"] == "healthy"
+            assert pool.stats()["in_use"] == 0
+        finally:
+            close_pool(app)
 
 
 # -- lifetime, idle shrinking and sizing -------------------------------------------------
@@ -504,54 +484,6 @@ def test_short_holds_are_not_reported_as_leaks(make_app, caplog):
 
 
 # -- a server that stops answering ----------------------------------------------------------
-
-
-class StallingProxy:
-    """A TCP proxy to the real test server that can stop answering new connections.
-
-    While `stall` is set, a new connection is accepted and then left without a reply, as a
-    server host does when its accept queue is full or the network drops its packets.
-    """
-
-    def __init__(self, host: str, port: int) -> None:
-        self.target = (host, port)
-        self.listener = socket.create_server(("127.0.0.1", 0))
-        self.port = self.listener.getsockname()[1]
-        self.stall = threading.Event()
-        self.stalled = 0
-        self._sockets: list[socket.socket] = []
-        threading.Thread(target=self._accept, daemon=True).start()
-
-    def _accept(self) -> None:
-        while True:
-            try:
-                client, _ = self.listener.accept()
-            except OSError:
-                return
-            self._sockets.append(client)
-            if self.stall.is_set():
-                self.stalled += 1
-                continue
-            upstream = socket.create_connection(self.target)
-            self._sockets.append(upstream)
-            for source, sink in ((client, upstream), (upstream, client)):
-                threading.Thread(target=self._pipe, args=(source, sink), daemon=True).start()
-
-    @staticmethod
-    def _pipe(source: socket.socket, sink: socket.socket) -> None:
-        with contextlib.suppress(OSError):
-            while data := source.recv(65536):
-                sink.sendall(data)
-        with contextlib.suppress(OSError):
-            sink.shutdown(socket.SHUT_WR)
-
-    def close(self) -> None:
-        """Stop listening and cut every connection, stalled ones included."""
-        self.listener.close()
-        for sock in self._sockets:
-            with contextlib.suppress(OSError):
-                sock.shutdown(socket.SHUT_RDWR)
-            sock.close()
 
 
 @pytest.mark.slow

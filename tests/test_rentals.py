@@ -7,7 +7,7 @@ import threading
 
 import pytest
 
-from tests.conftest import bearer, insert_row
+from tests.helpers import bearer, insert_row
 
 D = datetime.date
 

@@ -21,8 +21,8 @@ from werkzeug.security import check_password_hash
 from apps.api.app import auth, create_app, migrate
 from apps.api.app.config import ConfigError, load_settings
 from apps.api.app.models import database
-from tests.conftest import HEALTH_TOKEN, TEST_PASSWORD, app_config, bearer
-from tests.test_gunicorn import start_gunicorn, stop_gunicorn
+from tests.helpers import HEALTH_TOKEN, TEST_PASSWORD, app_config, bearer, login
+from tests.support.gunicorn import start_gunicorn, stop_gunicorn
 
 SECURITY_HEADERS = {
     "X-Content-Type-Options": "nosniff",
@@ -30,11 +30,6 @@ SECURITY_HEADERS = {
     "Referrer-Policy": "no-referrer",
     "Cache-Control": "no-store",
 }
-
-
-def login(client, email: str, password: str, **headers: str):
-    """POST /api/auth/login and return the reply."""
-    return client.post("/api/auth/login", json={"email": email, "password": password}, headers=headers)
 
 
 # -- tokens and roles --------------------------------------------------------------------

@@ -1,0 +1,121 @@
+"""The database restarts under load: 503s while it is down, the same workers serve when it is back."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import psycopg2
+import pytest
+
+from tests.helpers import load_migrations, private_server
+from tests.support.chaos import (
+    RECOVERY_LIMIT,
+    SCALE,
+    SCENARIO_TIMEOUT,
+    assert_clean_replies,
+    check_bookings,
+    record,
+    summary,
+)
+from tests.support.gunicorn import WORKERS, start_workers, stop_gunicorn, worker_pids
+from tests.support.load import LoadGenerator, Reply, seed_world
+
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(SCENARIO_TIMEOUT)]
+
+
+def prepare_database(server) -> str:
+    """Create and migrate a database on a private server; return its URL."""
+    server.execute("CREATE DATABASE rentals_chaos")
+    load_migrations(server.host, server.port, server.user, "rentals_chaos", server.password)
+    return server.dsn("rentals_chaos")
+
+
+def outage_round(replies: list[Reply], stopping: float, up: float, pids: set[int]) -> dict[str, Any]:
+    """Check one outage's replies; return its figures.
+
+    503s only from the stop to RECOVERY_LIMIT after the server is back; each worker answers
+    /api/health/db with 200 within RECOVERY_LIMIT of the server being back.
+    """
+    during = [r for r in replies if stopping <= r.started < up]
+    failed = [r for r in replies if not r.ok]
+    early = [r for r in failed if r.ended < stopping]
+    assert not early, f"{len(early)} failures before the fault: {[(r.path, r.status, r.body) for r in early[:3]]}"
+    late = [r for r in failed if r.started > up + RECOVERY_LIMIT]
+    assert not late, f"{len(late)} failures {RECOVERY_LIMIT} s after the server was back: {late[:3]}"
+    assert any(r.status == 503 for r in during), "no request failed during the outage: it proved nothing"
+    recovered_in = {}
+    for pid in pids:
+        first = next(
+            (r for r in replies if r.path == "/api/health/db" and r.started >= up and r.ok and r.body["pid"] == pid),
+            None,
+        )
+        assert first is not None, f"worker {pid} never answered /api/health/db with 200 after the outage"
+        recovered_in[pid] = first.ended - up
+    assert max(recovered_in.values()) <= RECOVERY_LIMIT, f"recovery per worker: {recovered_in}"
+    first_success = min((r.ended for r in replies if r.started >= up and r.ok and r.kind != "health"), default=None)
+    return {
+        "requests_during_outage": summary(during),
+        "recovery_seconds_per_worker": sorted(round(s, 3) for s in recovered_in.values()),
+        "first_success_after_seconds": round(first_success - up, 3) if first_success else None,
+    }
+
+
+def test_database_restart_under_load_answers_503_and_the_same_workers_recover():
+    outage = 3.0 if SCALE == 1 else 8.0
+    with private_server() as server:
+        url = prepare_database(server)
+        conn = psycopg2.connect(url)
+        conn.autocommit = True
+        try:
+            world = seed_world(conn)
+        finally:
+            conn.close()
+        process, port, pids = start_workers(url)
+        try:
+            rounds = []
+            with LoadGenerator(port, world, max_seconds=20 + SCALE * (outage + 6)) as load:
+                time.sleep(1.5)
+                for _ in range(SCALE):
+                    stopping = time.monotonic()
+                    server.stop()
+                    down = time.monotonic()
+                    time.sleep(outage)
+                    server.start()
+                    up = time.monotonic()
+                    rounds.append((stopping, down, up))
+                    time.sleep(3.0)
+            replies = load.replies
+            pids_after = worker_pids(process)
+        finally:
+            output = stop_gunicorn(process)
+        assert_clean_replies(replies, log=output)
+        assert pids_after == pids, "a worker was replaced"
+        assert output.count("Booting worker") == WORKERS, output[-3000:]
+        assert "WORKER TIMEOUT" not in output
+        outside = [
+            r
+            for r in replies
+            if not r.ok
+            and not any(r.ended >= stopping and r.started <= up + RECOVERY_LIMIT for stopping, _, up in rounds)
+        ]
+        assert not outside, f"{len(outside)} failures outside the outages: {[(r.path, r.status) for r in outside[:5]]}"
+        figures: dict[str, Any] = {"outage_seconds": outage, "rounds": []}
+        for stopping, down, up in rounds:
+            window = [r for r in replies if stopping - 1 <= r.started < up + RECOVERY_LIMIT + 1]
+            figures["rounds"].append(
+                {
+                    "stop_took_seconds": round(down - stopping, 3),
+                    "down_seconds": round(up - stopping, 3),
+                    **outage_round(window, stopping, up, pids),
+                }
+            )
+        conn = psycopg2.connect(url)
+        try:
+            figures["bookings"] = check_bookings(conn, world, replies)
+        finally:
+            conn.close()
+        figures["all_requests"] = summary(replies)
+        figures["writes"] = summary([r for r in replies if r.kind == "write"])
+        figures["same_worker_pids"] = pids_after == pids
+        record("database_restart", figures)

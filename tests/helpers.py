@@ -1,0 +1,196 @@
+"""Plain helpers the tests share: test settings, the app's backends, rows and tokens, waiting.
+
+Fixtures live in conftest.py; what starts real processes (gunicorn, faults, load) lives in
+tests/support/.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import shutil
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TypeVar
+
+import psycopg2
+from flask import Flask
+
+from apps.api.app import create_app
+from apps.api.app.models import database
+from apps.api.app.models.database import execute_query_one, get_pool
+from apps.api.app.pool import ConnectionPool, PooledConnection
+from devtools.embedded_pg import EmbeddedPostgres
+
+HEALTH_TOKEN = "test-health-token"
+# What passes the health endpoints' and /metrics' bearer check.
+HEALTH_HEADERS = {"Authorization": f"Bearer {HEALTH_TOKEN}"}
+TEST_PASSWORD = "correct horse battery staple"
+
+T = TypeVar("T")
+
+
+# -- PostgreSQL servers and the test settings ---------------------------------------------
+
+
+@dataclass
+class ServerInfo:
+    """What pytest-postgresql's noproc factory needs from the server it depends on."""
+
+    host: str
+    port: int
+    user: str
+    password: str
+    options: str = ""
+    maintenance_dbname: str = "postgres"
+    template_dbname: str | None = None
+
+
+@contextlib.contextmanager
+def private_server(settings: dict[str, str] | None = None) -> Iterator[EmbeddedPostgres]:
+    """Run a throwaway PostgreSQL in a new folder; stop it and remove the folder when the block ends."""
+    folder = Path(tempfile.mkdtemp(prefix="rentals-test-pg-"))
+    server = EmbeddedPostgres(folder / "data", settings={"fsync": "off", **(settings or {})})
+    try:
+        server.start()
+        yield server
+    finally:
+        server.remove()
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def load_migrations(host: str, port: int, user: str, dbname: str, password: str, **_: object) -> None:
+    """Apply the project's migrations to the template database, through the app itself."""
+    url = f"postgresql://{user}:{password}@{host}:{port}/{dbname}"
+    app = create_app(app_config(url))
+    try:
+        with app.app_context():
+            from apps.api.app import migrate
+
+            migrate.upgrade()
+    finally:
+        database.close_pool(app)
+
+
+def app_config(database_url: str, **overrides: object) -> dict[str, str]:
+    """Return settings for a test app on `database_url`; overrides by env var name."""
+    config = {
+        "APP_ENV": "test",
+        "DATABASE_URL": database_url,
+        "SECRET_KEY": "test-secret-key",
+        "HEALTH_API_TOKEN": HEALTH_TOKEN,
+        "DB_POOL_MIN_CONNECTIONS": "1",
+        "DB_POOL_MAX_CONNECTIONS": "5",
+        "DB_POOL_TIMEOUT": "2",
+        "LOG_LEVEL": "debug",
+    }
+    config.update({key: str(value) for key, value in overrides.items()})
+    return config
+
+
+# -- the app's backends, seen from outside ------------------------------------------------
+
+
+def app_backends(conn: psycopg2.extensions.connection) -> int:
+    """Return how many backends the app (application_name rentals-api) has open on the server."""
+    with conn.cursor() as cur:
+        cur.execute("SELECT count(*) FROM pg_stat_activity WHERE application_name = %s", (database.APPLICATION_NAME,))
+        return cur.fetchone()[0]
+
+
+def own_backends(conn: psycopg2.extensions.connection) -> int:
+    """Return how many app backends are open on this test's database only (other tests' leftovers excluded)."""
+    with conn.cursor() as cur:
+        cur.execute(
+            "SELECT count(*) FROM pg_stat_activity WHERE application_name = %s AND datname = current_database()",
+            (database.APPLICATION_NAME,),
+        )
+        return cur.fetchone()[0]
+
+
+# -- the app's pool, seen from inside ----------------------------------------------------
+
+
+def pool_of(app: Flask) -> ConnectionPool:
+    """Return the app's pool, opening it if needed."""
+    with app.app_context():
+        return get_pool()
+
+
+def hold(app: Flask, count: int) -> tuple[ConnectionPool, list[PooledConnection]]:
+    """Borrow `count` connections from the app's pool; the caller gives them back."""
+    pool = pool_of(app)
+    return pool, [pool.getconn() for _ in range(count)]
+
+
+def give_back(pool: ConnectionPool, conns: list[PooledConnection]) -> None:
+    """Return every held connection to the pool."""
+    while conns:
+        pool.putconn(conns.pop())
+
+
+def backend_pid() -> int:
+    """Return the backend pid of a connection borrowed from the current app's pool."""
+    return execute_query_one("SELECT pg_backend_pid() AS pid")["pid"]
+
+
+# -- waiting and threads ------------------------------------------------------------------
+
+
+def wait_until(predicate: Callable[[], T], timeout: float = 5.0, interval: float = 0.02) -> T:
+    """Poll `predicate` until it returns something true or `timeout` seconds pass; return its last answer."""
+    deadline = time.monotonic() + timeout
+    while True:
+        answer = predicate()
+        if answer or time.monotonic() >= deadline:
+            return answer
+        time.sleep(interval)
+
+
+class AppThread(threading.Thread):
+    """Run `target` inside `app`'s app context in a thread; keep its result or its exception."""
+
+    def __init__(self, app, target, *args: object) -> None:
+        super().__init__(daemon=True)
+        self.app = app
+        self.target_fn = target
+        self.target_args = args
+        self.result: object = None
+        self.error: BaseException | None = None
+
+    def run(self) -> None:
+        with self.app.app_context():
+            try:
+                self.result = self.target_fn(*self.target_args)
+            except BaseException as exc:
+                self.error = exc
+
+
+# -- the rentals domain: rows and tokens --------------------------------------------------
+
+
+def insert_row(conn: psycopg2.extensions.connection, table: str, **values: object) -> dict:
+    """Insert one row straight into `table` (test setup, outside the app) and return it as a dict."""
+    columns = ", ".join(values)
+    placeholders = ", ".join(["%s"] * len(values))
+    with conn.cursor() as cur:
+        cur.execute(f"INSERT INTO {table} ({columns}) VALUES ({placeholders}) RETURNING *", tuple(values.values()))
+        names = [column.name for column in cur.description]
+        return dict(zip(names, cur.fetchone(), strict=True))
+
+
+def login(client, email: str, password: str = TEST_PASSWORD, **headers: str):
+    """POST /api/auth/login and return the reply."""
+    return client.post("/api/auth/login", json={"email": email, "password": password}, headers=headers)
+
+
+def bearer(app, user: dict) -> dict[str, str]:
+    """Return Authorization headers with a fresh token of `app` for `user`."""
+    from apps.api.app.auth import issue_token
+
+    with app.app_context():
+        token, _ = issue_token(user["id"], user["role"])
+    return {"Authorization": f"Bearer {token}"}

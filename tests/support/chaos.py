@@ -1,0 +1,199 @@
+"""What every chaos test checks, and the figures `make chaos` reports.
+
+CHAOS_SCALE is 1 in `make test` (every scenario once, briefly); `make chaos` raises it (more
+rounds, longer outages, bigger bursts) and sets CHAOS_REPORT, the JSON file that
+tests/chaos/conftest.py writes the recorded figures to, quoted by docs/RELIABILITY.md.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import os
+import platform
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import psutil
+import psycopg2
+
+from tests.support.gunicorn import POOL_MAX, THREADS, WORKERS
+from tests.support.load import FIRST_DAY, Reply, World
+
+# 1 in `make test` (every scenario once, briefly); `make chaos` raises it.
+SCALE = max(1, int(os.environ.get("CHAOS_SCALE", "1")))
+REPORT = os.environ.get("CHAOS_REPORT")
+# pyproject's 60 s test timeout per unit of scale: the scenarios that repeat CHAOS_SCALE times
+# (the restart test takes 12-18 s in make test and 60-70 s in make chaos) mark themselves with it.
+SCENARIO_TIMEOUT = 60 * SCALE
+
+POOL_TIMEOUT = 2.0  # DB_POOL_TIMEOUT of app_config
+RETRY_AFTER = "2"  # DB_RETRY_AFTER's default
+# What a busy 2-core machine may add to a bound before a reply counts as too slow.
+MARGIN = 1.5
+RECOVERY_LIMIT = 2.0
+ERROR_KEYS = {"code", "message", "details"}
+DATABASE_CODES = {"database_unavailable", "database_timeout", "database_busy", "query_timeout"}
+
+# The report lists the scenarios in this order (docs/RELIABILITY.md's), whichever file ran first.
+SCENARIOS = (
+    "database_restart",
+    "backends_killed",
+    "overload_gunicorn",
+    "overload_pool_queue",
+    "slow_query",
+    "lock_wait",
+    "graceful_shutdown",
+    "leak",
+)
+FIGURES: dict[str, Any] = {}
+
+
+# -- checks ----------------------------------------------------------------------------
+
+
+def summary(replies: list[Reply]) -> dict[str, Any]:
+    """Return counts by status and error code, and latency percentiles in ms."""
+    times = sorted(r.seconds for r in replies)
+
+    def percentile(p: float) -> float:
+        return round(times[min(len(times) - 1, int(p * len(times)))] * 1000, 1) if times else 0.0
+
+    return {
+        "requests": len(replies),
+        "status": dict(sorted(Counter(str(r.status) if r.status else "no reply" for r in replies).items())),
+        "error_codes": dict(sorted(Counter(r.code for r in replies if r.code).items())),
+        "p50_ms": percentile(0.5),
+        "p99_ms": percentile(0.99),
+        "max_ms": round(times[-1] * 1000, 1) if times else 0.0,
+    }
+
+
+def unhandled_errors(log: str) -> str:
+    """Return the tracebacks the server logged for unhandled errors (500s), for failure messages."""
+    blocks = log.split("unhandled error")[1:]
+    return "\n---\n".join(block[:2500] for block in blocks[:2])
+
+
+def assert_clean_replies(replies: list[Reply], *, bound: float = POOL_TIMEOUT + MARGIN, log: str = "") -> None:
+    """Every reply is complete, 2xx or a 503 with Retry-After in its JSON shape, and came within `bound` s."""
+    cut = [(r.method, r.path, r.error) for r in replies if r.status is None]
+    assert not cut, f"{len(cut)} requests got no complete reply: {cut[:5]}"
+    unexpected = [(r.method, r.path, r.status, r.body) for r in replies if r.status not in (200, 201, 503)]
+    assert not unexpected, (
+        f"{len(unexpected)} replies were neither 2xx nor 503: {unexpected[:5]}\n{unhandled_errors(log)}"
+    )
+    for r in replies:
+        if r.status != 503:
+            continue
+        assert r.retry_after == RETRY_AFTER, (r.path, r.retry_after)
+        if r.path == "/api/health/db":
+            assert r.body["status"] == "error", r.body
+        else:
+            assert set(r.body["error"]) == ERROR_KEYS, r.body
+            assert r.code in DATABASE_CODES, r.body
+    slowest = max(replies, key=lambda r: r.seconds)
+    assert slowest.seconds <= bound, f"{slowest.method} {slowest.path} took {slowest.seconds:.2f} s (bound {bound} s)"
+
+
+def booking_key(booking: dict[str, Any]) -> tuple[int, datetime.date, datetime.date]:
+    """Return (product, start, end) of a booking body."""
+    return (
+        booking["product_id"],
+        datetime.date.fromisoformat(booking["start_date"]),
+        datetime.date.fromisoformat(booking["end_date"]),
+    )
+
+
+def check_bookings(conn: psycopg2.extensions.connection, world: World, replies: list[Reply]) -> dict[str, int]:
+    """Assert every acknowledged booking is in the table, whole, and nothing else is; return the figures.
+
+    A booking answered with an error is either absent or complete: a single INSERT commits
+    whole or not at all, and when the connection dies after the server committed, the
+    client gets a 503 for a booking that exists (counted as errored_but_committed).
+    """
+    with conn.cursor() as cur:
+        cur.execute(
+            "SELECT id, customer_id, product_id, start_date, end_date, status, daily_rate_cents, total_cents,"
+            " created_by FROM rentals WHERE start_date >= %s",
+            (FIRST_DAY,),
+        )
+        names = [c.name for c in cur.description]
+        rows = [dict(zip(names, row, strict=True)) for row in cur.fetchall()]
+    by_key = {(r["product_id"], r["start_date"], r["end_date"]): r for r in rows}
+    assert len(by_key) == len(rows), "two rows for one booking"
+    writes = [r for r in replies if r.kind == "write"]
+    sent = {booking_key(r.booking): r.booking for r in writes}
+    assert len(sent) == len(writes), "the load sent one booking twice"
+    phantoms = [key for key in by_key if key not in sent]
+    assert not phantoms, f"rows nobody booked: {phantoms[:5]}"
+    acknowledged = [r for r in writes if r.status == 201]
+    missing = [r.body["id"] for r in acknowledged if by_key.get(booking_key(r.booking), {}).get("id") != r.body["id"]]
+    assert not missing, f"{len(missing)} acknowledged bookings are not in the table: {missing[:5]}"
+    for r in acknowledged:
+        assert by_key[booking_key(r.booking)]["total_cents"] == r.body["total_cents"]
+    for key, row in by_key.items():
+        booking = sent[key]
+        days = (row["end_date"] - row["start_date"]).days
+        rate = world.products[row["product_id"]]
+        assert (row["customer_id"], row["status"], row["daily_rate_cents"], row["total_cents"], row["created_by"]) == (
+            booking["customer_id"],
+            "reserved",
+            rate,
+            rate * days,
+            world.user_id,
+        ), f"half-written or wrong row {row}"
+    errored = [r for r in writes if r.status != 201]
+    assert all(r.status == 503 for r in errored), [(r.status, r.body) for r in errored if r.status != 503][:5]
+    committed = [r for r in errored if booking_key(r.booking) in by_key]
+    assert len(rows) == len(acknowledged) + len(committed)
+    return {
+        "bookings_sent": len(writes),
+        "acknowledged_201": len(acknowledged),
+        "acknowledged_found": len(acknowledged) - len(missing),
+        "answered_503": len(errored),
+        "answered_503_but_committed": len(committed),
+        "rows_in_table": len(rows),
+    }
+
+
+def count_rentals(conn: psycopg2.extensions.connection) -> int:
+    """Return how many rentals the table holds."""
+    with conn.cursor() as cur:
+        cur.execute("SELECT count(*) FROM rentals")
+        return cur.fetchone()[0]
+
+
+def summed(pools: dict[int, dict[str, Any]], *keys: str) -> dict[str, Any]:
+    """Return the named pool counters summed over workers."""
+    return {key: round(sum(p[key] for p in pools.values()), 1) for key in keys}
+
+
+# -- figures ---------------------------------------------------------------------------
+
+
+def record(scenario: str, figures: dict[str, Any]) -> None:
+    """Keep a scenario's figures for the report."""
+    FIGURES[scenario] = figures
+
+
+def write_report(path: str, started: datetime.datetime, postgresql: str) -> None:
+    """Write the figures every test recorded to `path`, with the machine they came from."""
+    memory = psutil.virtual_memory().total
+    order = {name: n for n, name in enumerate(SCENARIOS)}
+    report = {
+        "run": {
+            "started_utc": started.isoformat(timespec="seconds"),
+            "finished_utc": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+            "chaos_scale": SCALE,
+            "machine": f"{platform.system()} {platform.machine()}, {os.cpu_count()} cores, {memory / 2**30:.0f} GiB",
+            "python": platform.python_version(),
+            "postgresql": postgresql,
+            "gunicorn": f"{WORKERS} workers x {THREADS} threads (gthread), DB_POOL_MAX_CONNECTIONS {POOL_MAX}",
+        },
+        "scenarios": {name: FIGURES[name] for name in sorted(FIGURES, key=lambda name: order.get(name, len(order)))},
+    }
+    out = Path(path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(report, indent=2) + "\n")

@@ -1,0 +1,171 @@
+"""gunicorn as the tests run it: `gunicorn -c gunicorn.conf.py` in a subprocess on a free port,
+stopped by stop_gunicorn whatever happens; and what its workers and their pools report."""
+
+from __future__ import annotations
+
+import http.client
+import json
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import psutil
+
+from devtools.embedded_pg import free_port
+from tests.helpers import HEALTH_HEADERS, HEALTH_TOKEN, app_config, wait_until
+from tests.support.load import send
+
+ROOT = Path(__file__).resolve().parents[2]
+# The production command (README), run from ROOT by this virtualenv's Python.
+GUNICORN_COMMAND = [sys.executable, "-m", "gunicorn", "-c", "gunicorn.conf.py", "apps.api.wsgi:app"]
+# What start_gunicorn runs unless told otherwise: 2 workers x 4 threads, 4 connections per pool.
+WORKERS = 2
+THREADS = 4
+POOL_MAX = 4
+
+
+def get_json(port: int, path: str, token: str | None = HEALTH_TOKEN) -> tuple[int, dict]:
+    """GET `path` on loopback with a bearer token (none for token=None); return the status and JSON body."""
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    try:
+        conn.request("GET", path, headers={"Authorization": f"Bearer {token}"} if token else {})
+        response = conn.getresponse()
+        return response.status, json.loads(response.read())
+    finally:
+        conn.close()
+
+
+def _wait_until_up(process: subprocess.Popen, port: int, log_path: str, workers: int, timeout: float = 30) -> None:
+    """Wait until every worker has opened its pool and the port answers; fail if gunicorn exits first."""
+    # Up means every worker has opened its pool (post_worker_init, after its signal
+    # handlers exist) and the port answers: a test that starts its load earlier races the
+    # second worker's boot, and a SIGTERM sent during a boot can be missed by that worker.
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise AssertionError(f"gunicorn exited early with {process.returncode}")
+        with open(log_path) as log:
+            booted = log.read().count(" opened in pid ")
+        if booted >= workers:
+            try:
+                if get_json(port, "/api/health", token=None)[0] == 200:
+                    return
+            except OSError:
+                pass
+        time.sleep(0.05)
+    raise AssertionError("gunicorn's workers did not all come up in time")
+
+
+def start_gunicorn(database_url: str, **overrides: object) -> tuple[subprocess.Popen, int]:
+    """Start gunicorn -c gunicorn.conf.py on a free port and wait for every worker; stop it with stop_gunicorn."""
+    port = free_port()
+    defaults = {
+        "PORT": port,
+        "WEB_CONCURRENCY": WORKERS,
+        "GUNICORN_THREADS": THREADS,
+        "DB_POOL_MAX_CONNECTIONS": POOL_MAX,
+        "LOG_LEVEL": "info",
+    }
+    settings = app_config(database_url, **{**defaults, **overrides})
+    env = {**os.environ, **settings}
+    # A file, not a pipe: nobody reads a pipe while the test runs, and a full one blocks the workers.
+    log = tempfile.NamedTemporaryFile("w+", prefix="gunicorn-", suffix=".log")  # noqa: SIM115 (closed by stop_gunicorn)
+    process = subprocess.Popen(
+        GUNICORN_COMMAND,
+        cwd=ROOT,
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    process.log = log  # type: ignore[attr-defined]
+    try:
+        _wait_until_up(process, port, log.name, int(settings["WEB_CONCURRENCY"]))
+    except BaseException:
+        stop_gunicorn(process)
+        raise
+    return process, port
+
+
+def stop_gunicorn(process: subprocess.Popen) -> str:
+    """Stop gunicorn gracefully (SIGTERM), kill it if it hangs; return what it printed."""
+    if process.poll() is None:
+        process.send_signal(signal.SIGTERM)
+    try:
+        process.wait(timeout=40)
+    except subprocess.TimeoutExpired:
+        pass
+    finally:
+        # Past the 40 s, or when a test timeout interrupts the wait: no gunicorn outlives its test.
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+    log = process.log  # type: ignore[attr-defined]
+    log.seek(0)
+    output = log.read()
+    log.close()
+    return output
+
+
+# -- a running gunicorn's workers and their pools --------------------------------------
+
+
+def worker_pids(process: subprocess.Popen) -> set[int]:
+    """Return the pids of gunicorn's workers (the master's children), once all WORKERS have forked."""
+    master = psutil.Process(process.pid)
+    wait_until(lambda: len(master.children()) >= WORKERS, timeout=10)
+    return {child.pid for child in master.children()}
+
+
+def health(port: int) -> dict[str, Any]:
+    """Return one /api/health/db reply's body (whichever worker answers)."""
+    reply = send(port, "GET", "/api/health/db", HEALTH_HEADERS, kind="health")
+    assert reply.status in (200, 503), reply
+    return reply.body
+
+
+def pools_settled(port: int, pids: set[int], timeout: float = 10.0) -> dict[str, Any]:
+    """Wait until every worker has published its pool with nothing in use or waiting; return the aggregate."""
+    last: dict[str, Any] = {}
+
+    def settled() -> bool:
+        nonlocal last
+        last = health(port)["all_workers"]
+        listed = {w["pid"] for w in last["workers"]}
+        return listed == pids and last["in_use"] == 0 and last["waiting"] == 0
+
+    assert wait_until(settled, timeout=timeout, interval=0.2), f"pools did not settle: {last}"
+    return last
+
+
+def each_workers_pool(port: int, pids: set[int], timeout: float = 10.0) -> dict[int, dict[str, Any]]:
+    """Return every worker's own pool_stats, asking /api/health/db until each has answered."""
+    seen: dict[int, dict[str, Any]] = {}
+
+    def all_seen() -> bool:
+        body = health(port)
+        seen[body["pid"]] = body["pool_stats"]
+        return set(seen) >= pids
+
+    assert wait_until(all_seen, timeout=timeout, interval=0.0), f"only {set(seen)} of {pids} answered"
+    return seen
+
+
+def start_workers(database_url: str, **overrides: object) -> tuple[subprocess.Popen, int, set[int]]:
+    """Start gunicorn and wait until both workers have booted and published their pools.
+
+    Load sent while a worker is still booting would test the boot, not the fault.
+    """
+    process, port = start_gunicorn(database_url, **overrides)
+    try:
+        pids = worker_pids(process)
+        pools_settled(port, pids)
+    except BaseException:
+        stop_gunicorn(process)
+        raise
+    return process, port, pids
