@@ -42,8 +42,8 @@ backlog = 2048
 #   reuse_port - each worker listens on its own SO_REUSEPORT socket and the kernel spreads
 #                new connections evenly over them. With one shared socket, workers race to
 #                accept, and long-lived keep-alive clients often all land on one worker,
-#                leaving the other worker's core idle (bench/OPTIMIZATIONS.md). The cost: connections still queued
-#                on a worker that dies are reset, as on any crash.
+#                leaving the other worker's core idle (bench/OPTIMIZATIONS.md). The cost:
+#                connections still queued on a worker that dies are reset, as on any crash.
 reuse_port = True
 
 # Worker processes

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-from pathlib import Path
 
 from dotenv import dotenv_values
 
@@ -60,7 +59,7 @@ def _cell(value: str | None) -> str:
     return f"`{value}`" if value else "empty"
 
 
-def _plain(markdown: str) -> str:
+def _unmarked(markdown: str) -> str:
     return markdown.replace("`", "").replace("\\|", "|")
 
 
@@ -72,8 +71,10 @@ def production_template() -> str:
         if doc.section != section:
             section = doc.section
             parts.append(f"\n# --- {section} " + "-" * max(3, 86 - len(section)) + "\n")
-        meaning = _plain(doc.meaning)
-        parts.append(f"# {meaning[0].upper()}{meaning[1:]}. {_plain(doc.allowed)}. Default: {_plain(doc.default)}.\n")
+        meaning = _unmarked(doc.meaning)
+        parts.append(
+            f"# {meaning[0].upper()}{meaning[1:]}. {_unmarked(doc.allowed)}. Default: {_unmarked(doc.default)}.\n"
+        )
         parts.append(f"{doc.name}={doc.production}\n")
     return "".join(parts)
 
@@ -97,7 +98,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{path.name} is out of date; run: python -m devtools.settings_docs", file=sys.stderr)
         return 1 if stale else 0
     for path in stale:
-        Path(path).write_text(wanted[path])
+        path.write_text(wanted[path])
         print(f"wrote {path.name}")
     return 0
 

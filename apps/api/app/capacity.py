@@ -26,6 +26,12 @@ from .pool.base import (
 
 # PostgreSQL's default superuser_reserved_connections, assumed until the server was asked.
 DEFAULT_RESERVED_CONNECTIONS = 3
+# What the server keeps for superusers and reserved roles: its max_connections less this is
+# what the app's role may open.
+RESERVED_CONNECTIONS_SQL = (
+    "current_setting('superuser_reserved_connections')::int"
+    " + coalesce(current_setting('reserved_connections', true)::int, 0)"
+)
 # Advice on lowering the pool only after this many borrows: before, the peak says little.
 ACQUISITIONS_BEFORE_SHRINK_ADVICE = 1000
 

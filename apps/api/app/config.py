@@ -24,6 +24,7 @@ from typing import Annotated, Any
 from urllib.parse import urlsplit
 
 import pydantic
+from dotenv import dotenv_values
 from pydantic import GetCoreSchemaHandler, ValidationInfo, field_validator, model_validator
 from pydantic.fields import FieldInfo
 from pydantic_core import core_schema
@@ -110,10 +111,10 @@ class Whole(Rule):
             value = int(_text(raw).strip())
         except ValueError:
             raise ValueError(f"{name} must be a whole number, got {_text(raw)!r}.") from None
-        if self.maximum is not None and not self.minimum <= value <= self.maximum:
-            raise ValueError(f"{name} must be {self.what} ({self.minimum} to {self.maximum}), got {value}.")
         if value < self.minimum:
             raise ValueError(f"{name} must be at least {self.minimum}, got {value}.")
+        if self.maximum is not None and value > self.maximum:
+            raise ValueError(f"{name} must be {self.what} ({self.minimum} to {self.maximum}), got {value}.")
         return value
 
     def describe(self) -> str:
@@ -331,21 +332,33 @@ def redact_url(url: str) -> str:
     return parts._replace(netloc=netloc).geturl()
 
 
-# The mapping of environment variables the settings read (os.environ, or a test's own).
-_environ: ContextVar[Mapping[str, str]] = ContextVar("rentals_settings_environ")
+@dataclass(frozen=True)
+class _Inputs:
+    """What load_settings reads besides its overrides: an environment and the env file's values."""
+
+    environ: Mapping[str, str]
+    env_file: Mapping[str, str]
 
 
-class _EnvironSource(PydanticBaseSettingsSource):
-    """The declared settings found in the environment mapping load_settings was given."""
+# Set by load_settings for the duration of one Settings(); Settings() alone reads os.environ.
+_inputs: ContextVar[_Inputs | None] = ContextVar("rentals_settings_inputs", default=None)
+
+
+class _VariablesSource(PydanticBaseSettingsSource):
+    """The declared settings found in one mapping of variables, by their exact upper-case names."""
+
+    def __init__(self, settings_cls: type[BaseSettings], pick: str) -> None:
+        super().__init__(settings_cls)
+        self.variables: Mapping[str, str] = getattr(_inputs.get() or _Inputs(os.environ, {}), pick)
 
     def get_field_value(self, field: FieldInfo, field_name: str) -> tuple[Any, str, bool]:
         """Return the variable's raw text, if set."""
-        return _environ.get().get(field_name.upper()), field_name, False
+        return self.variables.get(field_name.upper()), field_name, False
 
     def __call__(self) -> dict[str, Any]:
         """Return every declared setting the mapping sets, by field name."""
-        environ = _environ.get()
-        return {name: environ[name.upper()] for name in self.settings_cls.model_fields if name.upper() in environ}
+        names = ((name, name.upper()) for name in self.settings_cls.model_fields)
+        return {name: self.variables[upper] for name, upper in names if upper in self.variables}
 
 
 class Settings(BaseSettings):
@@ -487,7 +500,7 @@ class Settings(BaseSettings):
     @classmethod
     def _log_format_for_env(cls, value: Any, info: ValidationInfo) -> Any:
         # JSON lines where machines read the logs, readable lines where people do.
-        if _text(value).strip():
+        if _text(value):
             return value
         return "json" if info.data.get("app_env") in STRICT_ENVS else "text"
 
@@ -526,7 +539,7 @@ class Settings(BaseSettings):
         file_secret_settings: PydanticBaseSettingsSource,
     ) -> tuple[PydanticBaseSettingsSource, ...]:
         """Read, highest first: load_settings' overrides, the environment, then `.env.<APP_ENV>`."""
-        return init_settings, _EnvironSource(settings_cls), dotenv_settings
+        return init_settings, _VariablesSource(settings_cls, "environ"), _VariablesSource(settings_cls, "env_file")
 
     def database_url_redacted(self) -> str:
         """Return DATABASE_URL with its password replaced, safe for logs and replies."""
@@ -555,16 +568,23 @@ def load_settings(overrides: Mapping[str, Any] | None = None, environ: Mapping[s
         app_env = _rule("APP_ENV").parse("APP_ENV", overrides.get("APP_ENV") or environ.get("APP_ENV") or "dev")
     except ValueError as exc:
         raise ConfigError(str(exc)) from None
-    token = _environ.set(environ)
+    token = _inputs.set(_Inputs(environ, _env_file_values(app_env)))
     try:
-        env_file = PROJECT_ROOT / f".env.{app_env}"
         values = {key.lower(): value for key, value in overrides.items()}
         values["app_env"] = app_env
-        return Settings(_env_file=env_file if env_file.is_file() else None, **values)
+        return Settings(**values)
     except pydantic.ValidationError as exc:
         raise ConfigError(" ".join(_sentence(error) for error in exc.errors())) from None
     finally:
-        _environ.reset(token)
+        _inputs.reset(token)
+
+
+def _env_file_values(app_env: str) -> dict[str, str]:
+    # Only variables with a value count; names are exact, as in the environment.
+    path = PROJECT_ROOT / f".env.{app_env}"
+    if not path.is_file():
+        return {}
+    return {key: value for key, value in dotenv_values(path).items() if value is not None}
 
 
 def _sentence(error: Any) -> str:
@@ -605,12 +625,12 @@ def setting_docs() -> list[SettingDoc]:
         rule = next(m for m in field.metadata if isinstance(m, Rule))
         doc = next(m for m in field.metadata if isinstance(m, Doc))
         default = doc.default if doc.default is not None else rule.show(field.default)
-        production = doc.production if doc.production is not None else _plain(field.default)
+        production = doc.production if doc.production is not None else _env_value(field.default)
         docs.append(SettingDoc(field_name.upper(), doc.section, default, rule.describe(), doc.meaning, production))
     return docs
 
 
-def _plain(value: Any) -> str:
+def _env_value(value: Any) -> str:
     if isinstance(value, bool):
         return str(value).lower()
     if isinstance(value, float):

@@ -18,7 +18,10 @@ class IncompatibleVersion(RuntimeError):
 def require(condition: bool, distribution: str, what: str) -> None:
     """Raise IncompatibleVersion naming `distribution`'s installed release unless `condition` holds."""
     if not condition:
+        try:
+            release = metadata.version(distribution)
+        except metadata.PackageNotFoundError:
+            release = "(installed under another name)"
         raise IncompatibleVersion(
-            f"{distribution} {metadata.version(distribution)} no longer has {what}; "
-            f"see apps/api/app/compat/ for what the app relies on"
+            f"{distribution} {release} no longer has {what}; see apps/api/app/compat/ for what the app relies on"
         )

@@ -18,12 +18,14 @@ from __future__ import annotations
 import threading
 
 from psycopg2.extensions import TRANSACTION_STATUS_IDLE
-from psycopg2.pool import ThreadedConnectionPool
+from psycopg2.pool import PoolError, ThreadedConnectionPool
 
 from . import require
 
 DISTRIBUTION = "psycopg2-binary"
 CHECKED = ">=2.9,<2.10"
+
+__all__ = ["CorePool", "NoIdleConnection", "PoolError", "verify"]
 
 
 class NoIdleConnection(Exception):

@@ -27,7 +27,7 @@ import psycopg2.errors
 from flask import Flask, current_app
 
 from .. import metrics
-from ..capacity import Budget, server_capacity
+from ..capacity import RESERVED_CONNECTIONS_SQL, Budget, server_capacity
 from ..config import Settings
 from ..context import request_state
 from ..forking import after_fork_in_child
@@ -217,8 +217,7 @@ def check_capacity(app: Flask) -> dict[str, Any]:
     with app.app_context():
         row = execute_query_one(
             "SELECT current_setting('max_connections')::int AS max_connections,"
-            " current_setting('superuser_reserved_connections')::int"
-            " + coalesce(current_setting('reserved_connections', true)::int, 0) AS reserved_connections"
+            f" {RESERVED_CONNECTIONS_SQL} AS reserved_connections"
         )
     budget = Budget.from_settings(database.settings)
     capacity = server_capacity(budget, row["max_connections"], row["reserved_connections"])

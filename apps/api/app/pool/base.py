@@ -46,13 +46,13 @@ COUNTERS = (
     LEAKS_DETECTED,
     PEAK_IN_USE,
 )
-# The figures that describe a pool's size at one moment (the rest are counters).
-SIZES = (IN_USE, AVAILABLE, TOTAL, WAITING, MAX_CONNECTIONS)
+# The figures that describe a pool at one moment (the rest are counters since it opened).
+GAUGES = (IN_USE, AVAILABLE, TOTAL, WAITING, MAX_CONNECTIONS)
 # Counters that accumulate milliseconds, rounded in a snapshot.
 MILLISECONDS = (WAIT_TIME_MS, MAX_WAIT_MS, CONNECT_TIME_MS)
 
 
-def unopened_stats(mode: str, min_size: int, max_size: int, max_waiting: int) -> dict[str, object]:
+def empty_stats(mode: str, min_size: int, max_size: int, max_waiting: int) -> dict[str, object]:
     """Return the stats of a pool that holds no connection and has served nothing yet."""
     return {
         MODE: mode,
@@ -71,7 +71,8 @@ class ConnectionAttempt:
     """Backoff after failed connects: while it runs, callers fail fast instead of trying again.
 
     The window grows from INITIAL_DELAY, doubling per failure, up to MAX_DELAY; a success
-    ends it. Not thread-safe: the pool calls it under its own lock.
+    ends it. `failed` and `succeeded` must be called under the pool's lock; `backing_off`
+    is a single read, safe without it.
     """
 
     INITIAL_DELAY = 0.1

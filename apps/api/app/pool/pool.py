@@ -25,9 +25,8 @@ from dataclasses import dataclass
 
 import psycopg2
 import psycopg2.extensions
-from psycopg2.pool import PoolError
 
-from ..compat.psycopg2_pool import CorePool, NoIdleConnection
+from ..compat.psycopg2_pool import CorePool, NoIdleConnection, PoolError
 from ..forking import after_fork_in_child
 from .base import (
     ACQUISITIONS,
@@ -57,7 +56,7 @@ from .base import (
     WAITING,
     WAITS,
     ConnectionAttempt,
-    unopened_stats,
+    empty_stats,
 )
 from .errors import DatabaseUnavailable, PoolClosed, PoolTimeout, TooManyRequests
 
@@ -129,7 +128,7 @@ class ConnectionPool:
     @classmethod
     def unopened_stats(cls, min_size: int, max_size: int, max_waiting: int) -> dict[str, object]:
         """Return the stats such a pool reports before it opens: nothing held, nothing served."""
-        return unopened_stats(cls.mode, cls.kept_min_size(min_size), max_size, max_waiting)
+        return empty_stats(cls.mode, cls.kept_min_size(min_size), max_size, max_waiting)
 
     def __init__(
         self,

@@ -12,6 +12,7 @@ from flask import Blueprint, current_app, jsonify
 
 from .. import capacity, metrics
 from ..auth import require_health_token
+from ..capacity import RESERVED_CONNECTIONS_SQL
 from ..config import Settings
 from ..errors import retry_after_header
 from ..models.database import (
@@ -22,7 +23,7 @@ from ..models.database import (
     execute_query_one,
     pool_stats,
 )
-from ..pool.base import SIZES
+from ..pool.base import GAUGES
 
 bp = Blueprint("health", __name__, url_prefix="/api/health")
 
@@ -47,6 +48,7 @@ def _probe_database(settings: Settings) -> dict[str, Any]:
     try:
         row = execute_query_one(
             "SELECT current_setting('max_connections')::int AS server_max_connections,"
+            f" {RESERVED_CONNECTIONS_SQL} AS server_reserved_connections,"
             " (SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'client backend')::int"
             " AS server_connections",
             timeout=min(PROBE_TIMEOUT, settings.db_pool_timeout),
@@ -65,16 +67,18 @@ def _all_workers(stats: dict[str, Any]) -> dict[str, Any]:
     # Other workers' figures are what they last published (at most about a second old);
     # this worker's are live.
     figures = metrics.worker_pool_figures()
-    figures[os.getpid()] = {key: stats[key] for key in SIZES}
-    workers = [{"pid": pid, **{key: int(f.get(key, 0)) for key in SIZES}} for pid, f in sorted(figures.items())]
-    summed = {key: sum(w[key] for w in workers) for key in SIZES}
+    figures[os.getpid()] = {key: stats[key] for key in GAUGES}
+    workers = [{"pid": pid, **{key: int(f.get(key, 0)) for key in GAUGES}} for pid, f in sorted(figures.items())]
+    summed = {key: sum(w[key] for w in workers) for key in GAUGES}
     return {"worker_count": len(workers), **summed, "workers": workers}
 
 
 def _recommendations(settings: Settings, stats: dict[str, Any], database: dict[str, Any]) -> dict[str, Any]:
-    known = capacity_info() or {}
-    server_max = database.get("server_max_connections") or known.get("server_max_connections")
-    return capacity.recommendations(settings, stats, server_max, known.get("server_reserved_connections"))
+    # The probe's figures when it reached the server, else what the startup check measured.
+    source = database if database.get("server_max_connections") else capacity_info() or {}
+    return capacity.recommendations(
+        settings, stats, source.get("server_max_connections"), source.get("server_reserved_connections")
+    )
 
 
 @bp.get("/db")
