@@ -177,3 +177,15 @@ def test_unexpected_error_answers_json_500_naming_nothing_internal(app):
     assert response.status_code == 500
     assert response.json["error"]["code"] == "internal_error"
     assert "secret" not in response.get_data(as_text=True)
+
+
+def test_advice_uses_the_servers_usable_connections_in_every_worker(make_app, health_headers):
+    # 40 workers x 5 = 200: within max_connections (200) but above what the app's role may
+    # open (200 less 3 reserved). No startup check ran in this process: the probe measures.
+    app = make_app(WEB_CONCURRENCY=40, DB_POOL_MAX_CONNECTIONS=5, GUNICORN_THREADS=4)
+    body = app.test_client().get("/api/health/db", headers=health_headers).json
+    assert body["database"]["server_reserved_connections"] == 3
+    assert body["recommendations"]["optimal_max_connections"] == {"low": 4, "high": 4}
+    assert any(
+        "the server allows 197 (max_connections 200 less 3 reserved)" in a for a in body["recommendations"]["advice"]
+    )
