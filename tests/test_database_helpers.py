@@ -168,6 +168,40 @@ def test_transaction_does_not_report_success_when_an_error_inside_was_swallowed(
 # -- bounded work -------------------------------------------------------------------------
 
 
+def test_helpers_inside_a_transaction_join_it_and_roll_back_with_it(app, items):
+    with app.app_context():
+        pool = get_pool()
+        with pytest.raises(RuntimeError), transaction():
+            execute_write("INSERT INTO items (name, price_cents) VALUES ('lamp', 900)")
+            assert execute_query_one("SELECT count(*) AS n FROM items")["n"] == 3, "the block's row is not seen"
+            assert pool.stats()["in_use"] == 1, "the helper borrowed a connection of its own"
+            raise RuntimeError("undo it all")
+    assert item_names(items) == ["tent", "stove"]
+
+
+def test_a_failing_statement_inside_a_transaction_is_undone_alone(app, items):
+    with app.app_context(), transaction():
+        execute_write("INSERT INTO items (name, price_cents) VALUES ('lamp', 900)")
+        with pytest.raises(psycopg2.errors.UniqueViolation):
+            execute_write("INSERT INTO items (name, price_cents) VALUES ('tent', 1)")
+        # As outside a transaction, code that caught the error goes on.
+        assert execute_query("SELECT name FROM items WHERE name = 'lamp'") == [{"name": "lamp"}]
+    assert item_names(items) == ["tent", "stove", "lamp"]
+
+
+def test_a_nested_transaction_is_a_savepoint(app, items):
+    with app.app_context():
+        with transaction():
+            execute_write("INSERT INTO items (name, price_cents) VALUES ('lamp', 900)")
+            with pytest.raises(RuntimeError), transaction():
+                execute_write("INSERT INTO items (name, price_cents) VALUES ('rope', 300)")
+                raise RuntimeError("undo the inner block only")
+            with transaction():
+                execute_write("INSERT INTO items (name, price_cents) VALUES ('map', 100)")
+        assert get_pool().stats()["in_use"] == 0
+    assert item_names(items) == ["tent", "stove", "lamp", "map"]
+
+
 def test_statement_timeout_cancels_a_slow_query_and_keeps_the_connection(make_app):
     app = make_app(DB_STATEMENT_TIMEOUT_MS=200)
     with app.app_context():

@@ -9,6 +9,12 @@ Transaction modes, chosen per helper:
   snapshot, so BEGIN and ROLLBACK would only add two round trips;
 - `execute_write` runs one statement in autocommit, which PostgreSQL makes atomic on its own;
 - `transaction()` wraps several statements in BEGIN ... COMMIT and rolls back on any error.
+
+Inside a `transaction()` block the helpers join it: they run on its connection, each
+statement behind a savepoint of its own, so a statement that fails is undone alone and
+code that catches the error goes on as it would outside the block. A nested
+`transaction()` is a savepoint. This is how a request's writes and what it records about
+them (an idempotency key's stored reply) commit together.
 """
 
 from __future__ import annotations
@@ -18,8 +24,9 @@ import os
 import threading
 import time
 import weakref
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
+from contextvars import ContextVar
 from typing import Any
 
 import psycopg2
@@ -77,6 +84,10 @@ TCP_SETTINGS = {
 }
 
 Params = Sequence[Any] | dict[str, Any] | None
+Cursor = psycopg2.extensions.cursor
+
+# The cursor of the transaction() block running in this context (thread), if any.
+_joined: ContextVar[Cursor | None] = ContextVar("rentals_transaction", default=None)
 
 
 _databases: weakref.WeakSet[Database] = weakref.WeakSet()
@@ -273,7 +284,29 @@ def _borrow(pool: ConnectionPool, timeout: float | None = None) -> PooledConnect
     return conn
 
 
+def _write_result(cur: Cursor) -> Any:
+    return fetch_one(cur) if cur.description is not None else cur.rowcount
+
+
+def _joined_statement(cur: Cursor, sql: Any, params: Params, result: Callable[[Cursor], Any]) -> Any:
+    # One statement of an open transaction, undone alone if it fails.
+    cur.execute("SAVEPOINT rentals_statement")
+    try:
+        cur.execute(sql, params)
+        value = result(cur)
+    except psycopg2.Error as exc:
+        if _connection_lost(cur.connection, exc):
+            raise DatabaseUnavailable("the database connection was lost") from exc
+        cur.execute("ROLLBACK TO SAVEPOINT rentals_statement")
+        raise
+    cur.execute("RELEASE SAVEPOINT rentals_statement")
+    return value
+
+
 def _read(sql: str, params: Params, one: bool, timeout: float | None) -> Any:
+    joined = _joined.get()
+    if joined is not None:
+        return _joined_statement(joined, sql, params, fetch_one if one else fetch_all)
     pool = get_pool()
     for attempt in (1, 2):
         conn = _borrow(pool, timeout)
@@ -303,7 +336,8 @@ def execute_query(sql: str, params: Params = None, *, timeout: float | None = No
 
     Waits up to `timeout` seconds (default DB_POOL_TIMEOUT) for a connection. Retried once
     on another connection if the first one turns out dead. Raises DatabaseUnavailable
-    (busy pool, unreachable server) and psycopg2 errors from the query.
+    (busy pool, unreachable server) and psycopg2 errors from the query. Inside a
+    transaction() block it runs in that transaction instead.
     """
     return _read(sql, params, False, timeout)
 
@@ -318,8 +352,12 @@ def execute_write(sql: str, params: Params = None) -> Any:
 
     Returns the first row as a dict when the statement has RETURNING, else the row count.
     Never retried: if the connection dies mid-statement, whether it committed is unknown,
-    and DatabaseUnavailable is raised.
+    and DatabaseUnavailable is raised. Inside a transaction() block it runs in that
+    transaction instead, and commits with it.
     """
+    joined = _joined.get()
+    if joined is not None:
+        return _joined_statement(joined, sql, params, _write_result)
     pool = get_pool()
     conn = _borrow(pool)
     lost = False
@@ -327,7 +365,7 @@ def execute_write(sql: str, params: Params = None) -> Any:
         started = time.perf_counter()
         with conn.cursor() as cur:
             cur.execute(sql, params)
-            result = fetch_one(cur) if cur.description is not None else cur.rowcount
+            result = _write_result(cur)
         metrics.QUERY_DURATION_BUFFER.observe(time.perf_counter() - started, "write")
         return result
     except (psycopg2.OperationalError, psycopg2.InterfaceError) as exc:
@@ -340,13 +378,19 @@ def execute_write(sql: str, params: Params = None) -> Any:
 
 
 @contextmanager
-def transaction() -> Iterator[psycopg2.extensions.cursor]:
+def transaction() -> Iterator[Cursor]:
     """Yield a cursor inside BEGIN ... COMMIT; roll back and re-raise on any error.
 
-    Use fetch_all / fetch_one on the cursor for dict rows. A lost connection raises
-    DatabaseUnavailable; the work is then rolled back by the server (or, if COMMIT was
-    already sent, its outcome is unknown).
+    Use fetch_all / fetch_one on the cursor for dict rows; the execute_* helpers called
+    inside the block join it. Inside another block, this one is a savepoint of it. A lost
+    connection raises DatabaseUnavailable; the work is then rolled back by the server (or,
+    if COMMIT was already sent, its outcome is unknown).
     """
+    outer = _joined.get()
+    if outer is not None:
+        with _savepoint(outer):
+            yield outer
+        return
     pool = get_pool()
     conn = _borrow(pool)
     lost = False
@@ -354,7 +398,11 @@ def transaction() -> Iterator[psycopg2.extensions.cursor]:
         started = time.perf_counter()
         conn.autocommit = False
         with conn.cursor() as cur:
-            yield cur
+            token = _joined.set(cur)
+            try:
+                yield cur
+            finally:
+                _joined.reset(token)
         if conn.info.transaction_status == psycopg2.extensions.TRANSACTION_STATUS_INERROR:
             # COMMIT would answer with a silent ROLLBACK: the caller swallowed an error.
             raise psycopg2.errors.InFailedSqlTransaction(
@@ -374,3 +422,17 @@ def transaction() -> Iterator[psycopg2.extensions.cursor]:
         raise
     finally:
         pool.putconn(conn, discard=lost)
+
+
+@contextmanager
+def _savepoint(cur: Cursor) -> Iterator[None]:
+    # A block nested in a transaction: its failure undoes only what it did.
+    cur.execute("SAVEPOINT rentals_block")
+    try:
+        yield
+    except BaseException as exc:
+        if not _connection_lost(cur.connection, exc):
+            cur.execute("ROLLBACK TO SAVEPOINT rentals_block")
+            cur.execute("RELEASE SAVEPOINT rentals_block")
+        raise
+    cur.execute("RELEASE SAVEPOINT rentals_block")
