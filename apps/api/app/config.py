@@ -462,6 +462,11 @@ class Settings(BaseSettings):
         Seconds(positive=False),
         Doc(HTTP, "a worker reuses its last dashboard this long (`generated_at` tells); 0 disables"),
     ] = 5
+    idempotency_ttl_seconds: Annotated[
+        int,
+        Whole(60, unit="s"),
+        Doc(HTTP, "how long a POST's reply is kept for retries with the same `Idempotency-Key`"),
+    ] = 24 * 3600
     login_max_failures_per_account: Annotated[
         int,
         Whole(1),

@@ -131,6 +131,41 @@ def _error_reply(description: str) -> dict[str, Any]:
     return {"description": description, "content": {"application/json": {"schema": {"$ref": ERROR_SCHEMA}}}}
 
 
+IDEMPOTENCY_PARAMETER = {
+    "name": "Idempotency-Key",
+    "in": "header",
+    "required": False,
+    "description": "A key of the client's own (1 to 255 printable ASCII characters, no spaces) that makes a retry "
+    "safe: a retry with the same key and request gets the first reply again, with `Idempotent-Replayed: true`, "
+    "for IDEMPOTENCY_TTL_SECONDS; the key is scoped to the user.",
+    "schema": {"type": "string", "minLength": 1, "maxLength": 255, "pattern": "^[!-~]+$"},
+}
+IDEMPOTENCY_REPLIES = {
+    "409": "Conflict, or request_in_progress: a request with this Idempotency-Key is still running",
+    "422": "Unprocessable, or idempotency_key_reused: the Idempotency-Key came with another request",
+}
+REPLAYED_HEADER = {
+    "description": "true when this reply is the stored reply to an earlier request with the same Idempotency-Key",
+    "schema": {"type": "string", "enum": ["true"]},
+}
+
+
+def _declare_idempotency(app: Flask, paths: dict[str, Any]) -> None:
+    """Add the Idempotency-Key header, its 409 and 422, and Idempotent-Replayed to the views that honour it."""
+    for rule in app.url_map.iter_rules():
+        if not getattr(app.view_functions[rule.endpoint], "idempotent", False):
+            continue
+        path = _RULE_VARIABLE.sub(r"{\1}", rule.rule)
+        for method in rule.methods - {"HEAD", "OPTIONS"}:
+            operation = paths[path][method.lower()]
+            operation.setdefault("parameters", []).append(IDEMPOTENCY_PARAMETER)
+            for status, description in IDEMPOTENCY_REPLIES.items():
+                operation["responses"].setdefault(status, _error_reply(description))
+            for status, reply in operation["responses"].items():
+                if status.startswith("2"):
+                    reply.setdefault("headers", {})["Idempotent-Replayed"] = REPLAYED_HEADER
+
+
 def _declare_body_errors(paths: dict[str, Any]) -> None:
     """Add the replies every operation with a JSON body may give before its view runs: 413 and 415."""
     for operations in paths.values():
@@ -148,5 +183,6 @@ def openapi_json():
         doc = copy.deepcopy(current_app.api_doc)  # type: ignore[attr-defined]
         doc["paths"].update(_undocumented_operations(current_app, doc["paths"]))
         _declare_body_errors(doc["paths"])
+        _declare_idempotency(current_app, doc["paths"])
         current_app.extensions[EXTENSION] = doc
     return doc

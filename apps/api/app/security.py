@@ -30,9 +30,9 @@ SECURITY_HEADERS = (
     ("Cache-Control", "no-store"),
 )
 CORS_METHODS = "GET, POST, PATCH, DELETE"
-CORS_REQUEST_HEADERS = "Authorization, Content-Type, X-Request-ID"
+CORS_REQUEST_HEADERS = "Authorization, Content-Type, Idempotency-Key, X-Request-ID"
 # Reply headers a browser script may read besides the simple ones.
-CORS_EXPOSED_HEADERS = "Location, Retry-After, WWW-Authenticate, X-Request-ID"
+CORS_EXPOSED_HEADERS = "Idempotent-Replayed, Location, Retry-After, WWW-Authenticate, X-Request-ID"
 CORS_MAX_AGE = "600"
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from ..auth import authenticate_request, require_admin
+from ..idempotency import idempotent
 from ..models import customers as model
 from ..openapi import api_blueprint
 from ..schemas import CustomerCreate, CustomerOut, CustomerPage, CustomerPath, CustomerQuery, CustomerUpdate, ErrorOut
@@ -19,6 +20,7 @@ def list_customers(query: CustomerQuery):
 
 
 @bp.post("", responses={201: CustomerOut, 409: ErrorOut})
+@idempotent
 def create_customer(body: CustomerCreate):
     """Create a customer; 409 when the email is taken."""
     row = model.create_customer(body.model_dump())

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from ..auth import authenticate_request, require_admin
+from ..idempotency import idempotent
 from ..models import products as model
 from ..openapi import api_blueprint
 from ..schemas import ErrorOut, ProductCreate, ProductOut, ProductPage, ProductPath, ProductQuery, ProductUpdate
@@ -19,6 +20,7 @@ def list_products(query: ProductQuery):
 
 
 @bp.post("", responses={201: ProductOut, 409: ErrorOut})
+@idempotent
 def create_product(body: ProductCreate):
     """Create a product; 409 when the SKU is taken."""
     row = model.create_product(body.model_dump())

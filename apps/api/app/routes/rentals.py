@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from ..auth import authenticate_request, current_user
+from ..idempotency import idempotent
 from ..models import rentals as model
 from ..openapi import api_blueprint
 from ..schemas import ErrorOut, RentalCreate, RentalOut, RentalPage, RentalPath, RentalQuery
@@ -28,6 +29,7 @@ def list_rentals(query: RentalQuery):
 
 
 @bp.post("", responses={201: RentalOut, 409: ErrorOut, 422: ErrorOut})
+@idempotent
 def create_rental(body: RentalCreate):
     """Book a product; 409 product_unavailable when the dates overlap a booking, 422 if inactive."""
     row = model.create_rental(body.customer_id, body.product_id, body.start_date, body.end_date, current_user().id)
@@ -41,18 +43,21 @@ def get_rental(path: RentalPath):
 
 
 @bp.post("/<int:rental_id>/activate", responses=TRANSITION_RESPONSES)
+@idempotent
 def activate_rental(path: RentalPath):
     """Hand the product over: reserved -> active; 409 from any other status."""
     return model.transition_rental(path.rental_id, "activate")
 
 
 @bp.post("/<int:rental_id>/return", responses=TRANSITION_RESPONSES)
+@idempotent
 def return_rental(path: RentalPath):
     """Take the product back: active -> returned, stamping returned_at; 409 otherwise."""
     return model.transition_rental(path.rental_id, "return")
 
 
 @bp.post("/<int:rental_id>/cancel", responses=TRANSITION_RESPONSES)
+@idempotent
 def cancel_rental(path: RentalPath):
     """Cancel a reservation: reserved -> cancelled, freeing the dates; 409 otherwise."""
     return model.transition_rental(path.rental_id, "cancel")
