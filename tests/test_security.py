@@ -21,8 +21,17 @@ from werkzeug.security import check_password_hash
 from apps.api.app import auth, create_app, migrate
 from apps.api.app.config import ConfigError, load_settings
 from apps.api.app.models import database
-from tests.helpers import HEALTH_TOKEN, TEST_PASSWORD, app_config, bearer, login
+from tests.helpers import (
+    HEALTH_TOKEN,
+    TEST_PASSWORD,
+    app_config,
+    bearer,
+    login,
+    wait_until,
+)
+from tests.support.faults import lock_waiters, locked
 from tests.support.gunicorn import start_gunicorn, stop_gunicorn
+from tests.support.load import Burst, send, send_all
 
 SECURITY_HEADERS = {
     "X-Content-Type-Options": "nosniff",
@@ -171,6 +180,18 @@ def test_a_broken_limiter_store_never_turns_logins_into_500s(app, client, staff_
     assert "rate limit store unavailable, counting nothing: UndefinedTable 42P01" in caplog.text
 
 
+def test_a_login_the_limiter_cannot_count_is_503_and_its_password_is_not_checked(make_app, staff_user, database_url):
+    # A limiter that let logins through whenever it could not count would let a burst past
+    # it whenever the database is slow; the login answers 503 instead, as at its user lookup.
+    client = make_app(DB_LOCK_TIMEOUT_MS=200).test_client()
+    with locked(database_url, "rate_limits"):
+        r = login(client, staff_user["email"], TEST_PASSWORD)
+    assert r.status_code == 503, r.json
+    assert r.json["error"]["code"] == "query_timeout"
+    assert r.headers["Retry-After"]
+    assert login(client, staff_user["email"], TEST_PASSWORD).status_code == 200
+
+
 def test_logins_while_the_database_is_down_are_503_not_500(make_app, staff_user):
     from devtools.embedded_pg import free_port
 
@@ -227,6 +248,65 @@ def test_the_login_limit_holds_across_two_gunicorn_workers(database_url, staff_u
     failures = collections.Counter(re.findall(r"\[(\d+)\] apps\.api\.request: POST /api/auth/login 401", output))
     refusing = set(re.findall(r"\[(\d+)\] apps\.api\.request: POST /api/auth/login 429", output))
     assert any(failures[pid] < limit for pid in refusing), (failures, refusing)
+
+
+BURST = 50
+# make run's shape: 2 workers x 8 threads, so 16 logins are checked at once; the address
+# limit out of the way, so only the account's limit is at work.
+BURST_SERVER = {
+    "WEB_CONCURRENCY": 2,
+    "GUNICORN_THREADS": 8,
+    "DB_POOL_MAX_CONNECTIONS": 8,
+    "LOGIN_MAX_FAILURES_PER_ADDRESS": 1000,
+}
+
+
+def login_request(email: str, password: str) -> tuple[str, str, dict, dict, str]:
+    """Return one POST /api/auth/login in the shape send_all takes."""
+    return ("POST", "/api/auth/login", {}, {"email": email, "password": password}, "login")
+
+
+@pytest.mark.slow
+def test_50_parallel_wrong_logins_check_at_most_the_limit_across_two_workers(database_url, staff_user):
+    limit = 5
+    process, port = start_gunicorn(database_url, LOGIN_MAX_FAILURES_PER_ACCOUNT=limit, **BURST_SERVER)
+    try:
+        replies = send_all(port, [login_request(staff_user["email"], "wrong")] * BURST)
+        right = send(port, "POST", "/api/auth/login", {}, {"email": staff_user["email"], "password": TEST_PASSWORD})
+    finally:
+        output = stop_gunicorn(process)
+    statuses = collections.Counter(r.status for r in replies)
+    assert statuses == {401: limit, 429: BURST - limit}, statuses
+    for reply in replies:
+        if reply.status == 429:
+            assert reply.code == "too_many_requests"
+            assert 1 <= int(reply.retry_after) <= 900
+    assert right.status == 429, "the right password got past a limit the burst had reached"
+    answering = set(re.findall(r"\[(\d+)\] apps\.api\.request: POST /api/auth/login", output))
+    assert len(answering) == 2, "both workers should have answered part of the burst"
+
+
+@pytest.mark.slow
+def test_the_right_password_is_refused_while_the_limit_is_taken_by_logins_in_flight(
+    database_url, staff_user, admin_conn
+):
+    # Another session locks the users table, so logins that got past the limiter wait for
+    # the user lookup, with the password not yet checked: the limit must already count them.
+    limit = 3
+    email = staff_user["email"]
+    process, port = start_gunicorn(database_url, LOGIN_MAX_FAILURES_PER_ACCOUNT=limit, **BURST_SERVER)
+    try:
+        with locked(database_url, "users"):
+            first = Burst(port, [login_request(email, "wrong")] * limit)
+            assert wait_until(lambda: len(lock_waiters(admin_conn)) >= limit, timeout=10)
+            second = Burst(port, [login_request(email, TEST_PASSWORD)] * 5 + [login_request(email, "wrong")] * 5)
+            # Refused logins answer at once; a login that got past the limiter waits here.
+            wait_until(lambda: len(lock_waiters(admin_conn)) > limit, timeout=1.5)
+        first_replies, second_replies = first.result(), second.result()
+    finally:
+        stop_gunicorn(process)
+    assert [r.status for r in first_replies] == [401] * limit
+    assert [r.status for r in second_replies] == [429] * 10, [r.status for r in second_replies]
 
 
 # -- secrets in logs and replies -----------------------------------------------------------
