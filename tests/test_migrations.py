@@ -145,8 +145,10 @@ def test_concurrent_upgrades_apply_each_file_exactly_once(make_app, admin_conn, 
         {"901_create.sql": "SELECT 1;"},
         {"9001_Create.sql": "SELECT 1;"},
         {"9001_create.sql": "SELECT 1;", "9001_again.sql": "SELECT 1;"},
+        {"9001_Create.py": "def upgrade(cur):\n    pass\n"},
+        {"9001_create.sql": "SELECT 1;", "9001_again.py": "def upgrade(cur):\n    pass\n"},
     ],
-    ids=["dash", "three-digits", "uppercase", "duplicate-version"],
+    ids=["dash", "three-digits", "uppercase", "duplicate-version", "uppercase-python", "sql-and-python"],
 )
 def test_misnamed_migrations_are_refused_before_anything_runs(app, admin_conn, tmp_path, files):
     directory = write_migrations(tmp_path / "migrations", {"9000_first.sql": "CREATE TABLE first (id int);", **files})
@@ -165,3 +167,44 @@ def test_a_recorded_migration_without_its_file_is_reported(app, tmp_path, caplog
         with caplog.at_level("WARNING", logger="apps.api.app.migrate"):
             assert migrate.upgrade(tmp_path) == []
     assert "migration 9002 is recorded in the database but has no file here" in caplog.text
+
+
+FILL_GEAR = '''"""Fill gear from Python, as a data migration would."""
+
+
+def upgrade(cur):
+    """Insert two rows, then fail if told to."""
+    cur.execute("INSERT INTO gear (id, name) VALUES (1, 'tent'), (2, 'stove')")
+    cur.execute("SELECT count(*) FROM gear")
+    if cur.fetchone()[0] != 2:
+        raise RuntimeError("the rows should be visible inside the migration's transaction")
+    FAIL
+'''
+
+
+def test_a_python_migration_runs_inside_its_transaction_and_rolls_back_with_it(app, admin_conn, tmp_path):
+    directory = write_migrations(
+        tmp_path / "migrations",
+        {FIRST: "CREATE TABLE gear (id int PRIMARY KEY, name text NOT NULL);\n", "9002_fill_gear.py": FILL_GEAR},
+    )
+    with app.app_context(), pytest.raises(NameError, match="FAIL"):
+        migrate.upgrade(directory)
+    assert recorded(admin_conn) == {"9001": "create_gear"}
+    with admin_conn.cursor() as cur:
+        cur.execute("SELECT count(*) FROM gear")
+        assert cur.fetchone() == (0,)
+    write_migrations(directory, {"9002_fill_gear.py": FILL_GEAR.replace("    FAIL\n", "")})
+    with app.app_context():
+        assert migrate.upgrade(directory) == ["9002"]
+        assert [m.kind for m in migrate.discover(directory)] == ["sql", "py"]
+    assert recorded(admin_conn) == {"9001": "create_gear", "9002": "fill_gear"}
+    with admin_conn.cursor() as cur:
+        cur.execute("SELECT name FROM gear ORDER BY id")
+        assert cur.fetchall() == [("tent",), ("stove",)]
+
+
+def test_a_python_migration_without_upgrade_is_refused(app, admin_conn, tmp_path):
+    directory = write_migrations(tmp_path / "migrations", {"9001_nothing.py": "VALUE = 1\n"})
+    with app.app_context(), pytest.raises(MigrationError, match=r"9001_nothing\.py must define upgrade\(cursor\)"):
+        migrate.upgrade(directory)
+    assert recorded(admin_conn) == {}
