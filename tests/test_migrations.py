@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
+import contextlib
 import threading
 from pathlib import Path
 
+import psycopg2
 import psycopg2.errors
 import pytest
 
-from apps.api.app import migrate
+from apps.api.app import create_app, migrate
 from apps.api.app.migrate import MigrationError
+from apps.api.app.models import database
 from apps.api.app.models.database import execute_query
-from tests.helpers import AppThread
+from tests.helpers import AppThread, app_config, fullwidth, insert_row, login, upgrade_database
 
 # High versions, so they never collide with the project's own migrations already in the test database.
 FIRST = "9001_create_gear.sql"
@@ -208,3 +211,69 @@ def test_a_python_migration_without_upgrade_is_refused(app, admin_conn, tmp_path
     with app.app_context(), pytest.raises(MigrationError, match=r"9001_nothing\.py must define upgrade\(cursor\)"):
         migrate.upgrade(directory)
     assert recorded(admin_conn) == {}
+
+
+# -- 0007: users' emails normalised ------------------------------------------------------
+
+
+def migrations_before(version: str, directory: Path) -> Path:
+    """Copy the project's migrations older than `version` into `directory`; return it."""
+    directory.mkdir()
+    for migration in migrate.discover():
+        if migration.version < version:
+            (directory / migration.filename).write_text(migration.text)
+    return directory
+
+
+def users_before_0007(url: str, password_hash: str, tmp_path: Path, emails: list[str]) -> None:
+    """Migrate the database at `url` up to 0006 and insert users with these emails, as stored until then."""
+    upgrade_database(url, migrations_before("0007", tmp_path / "before_0007"))
+    with contextlib.closing(psycopg2.connect(url)) as conn:
+        conn.autocommit = True
+        for email in emails:
+            insert_row(conn, "users", email=email, password_hash=password_hash, full_name="Old", role="staff")
+
+
+def user_emails(url: str) -> list[str]:
+    """Return the users' emails in id order."""
+    with contextlib.closing(psycopg2.connect(url)) as conn, conn.cursor() as cur:
+        cur.execute("SELECT email FROM users ORDER BY id")
+        return [row[0] for row in cur.fetchall()]
+
+
+def test_0007_stores_existing_user_emails_normalised(make_database, password_hash, tmp_path):
+    url = make_database()
+    old = ["Ada@Example.COM", f"{fullwidth('BOB')}@example.com", "carol@example.com", "Straße@Example.com"]
+    users_before_0007(url, password_hash, tmp_path, old)
+    assert "0007" in upgrade_database(url)
+    assert user_emails(url) == ["ada@example.com", "bob@example.com", "carol@example.com", "strasse@example.com"]
+    app = create_app(app_config(url))
+    try:
+        client = app.test_client()
+        for spelling in ("ADA@example.com", "Bob@Example.com", "STRASSE@example.com", "straße@example.com"):
+            assert login(client, spelling).status_code == 200, spelling
+    finally:
+        database.close_pool(app)
+
+
+def test_0007_refuses_users_whose_emails_normalise_to_one_address(make_database, password_hash, tmp_path):
+    url = make_database()
+    old = ["ada@example.com", f"{fullwidth('ada')}@example.com", "Straße@example.com", "STRASSE@example.com"]
+    users_before_0007(url, password_hash, tmp_path, old)
+    app = create_app(app_config(url))
+    try:
+        result = app.test_cli_runner().invoke(args=["db", "upgrade"])
+    finally:
+        database.close_pool(app)
+    assert result.exit_code != 0
+    assert "cannot store users' emails normalised: users 1 ('ada@example.com') and 2 (" in result.output
+    assert "share the address 'ada@example.com'" in result.output
+    assert "users 3 ('Straße@example.com') and 4 ('STRASSE@example.com') share the address 'strasse@example.com'" in (
+        result.output
+    )
+    assert "then run db upgrade again" in result.output
+    # Nothing changed: 0007 is not recorded, and every email is as it was.
+    assert user_emails(url) == old
+    with contextlib.closing(psycopg2.connect(url)) as conn, conn.cursor() as cur:
+        cur.execute("SELECT count(*) FROM schema_migrations WHERE version >= '0007'")
+        assert cur.fetchone() == (0,)

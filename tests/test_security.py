@@ -20,13 +20,16 @@ from werkzeug.security import check_password_hash
 
 from apps.api.app import auth, create_app, migrate
 from apps.api.app.config import ConfigError, load_settings
-from apps.api.app.models import database
+from apps.api.app.models import database, users
 from tests.helpers import (
     HEALTH_TOKEN,
     TEST_PASSWORD,
     app_config,
     bearer,
+    fullwidth,
+    insert_row,
     login,
+    upgrade_database,
     wait_until,
 )
 from tests.support.faults import lock_waiters, locked
@@ -170,6 +173,96 @@ def test_the_client_address_comes_from_trusted_proxies_only(make_app):
         assert login(client, f"b{n}@example.com", "x", **{"X-Forwarded-For": "203.0.113.7"}).status_code == 401
     assert login(client, "b9@example.com", "x", **{"X-Forwarded-For": "203.0.113.7"}).status_code == 429
     assert login(client, "b9@example.com", "x", **{"X-Forwarded-For": "198.51.100.1"}).status_code == 401
+
+
+@pytest.mark.parametrize(
+    ("spelling", "stored"),
+    [
+        ("Ada@Example.COM", "ada@example.com"),
+        ("  ada@example.com\u00a0", "ada@example.com"),
+        ("Straße@example.com", "strasse@example.com"),
+        ("\ufb01le@example.com", "file@example.com"),  # the ligature fi
+        ("vİctim@example.com", "vi\u0307ctim@example.com"),  # not victim: the dotted I keeps its dot
+        ("e\u0301cole@example.com", "\u00e9cole@example.com"),  # composed
+    ],
+)
+def test_an_email_has_one_normalised_form(spelling, stored):
+    assert users.normalize_email(spelling) == stored
+    assert users.normalize_email(fullwidth(spelling)) == stored
+
+
+def test_normalising_an_email_twice_changes_nothing():
+    # Every code point of the planes that have letters (surrogates aside): a stored email
+    # normalised again finds the same user.
+    texts = [chr(code) for code in range(0x30000) if not 0xD800 <= code <= 0xDFFF]
+    assert [t for t in texts if users.normalize_email(users.normalize_email(t)) != users.normalize_email(t)] == []
+
+
+UTF8_LOCALE = "C.UTF-8"
+
+
+def _user_on(url: str, password_hash: str, email: str) -> dict:
+    """Insert an admin with TEST_PASSWORD into the database at `url`; return the row."""
+    with contextlib.closing(psycopg2.connect(url)) as conn:
+        conn.autocommit = True
+        return insert_row(conn, "users", email=email, password_hash=password_hash, full_name="A", role="admin")
+
+
+def test_an_email_spelled_another_way_gets_no_fresh_login_limit_on_a_utf8_database(make_database, password_hash):
+    url = make_database(UTF8_LOCALE)
+    upgrade_database(url)
+    with contextlib.closing(psycopg2.connect(url)) as conn, conn.cursor() as cur:
+        # The audit's database: its lower() folds the dotted capital I into a plain i.
+        cur.execute("SELECT lower('vİctim') = 'victim'")
+        assert cur.fetchone() == (True,)
+    _user_on(url, password_hash, "victim@example.com")
+    app = create_app(app_config(url, LOGIN_MAX_FAILURES_PER_ACCOUNT=3))
+    try:
+        client = app.test_client()
+        for _ in range(3):
+            assert login(client, "victim@example.com", "wrong").status_code == 401
+        # A spelling that only the database's lower() folds into the account reaches no account...
+        for spelling in ("vİctim@example.com", "VİCTİM@EXAMPLE.COM", "victİm@example.com"):
+            r = login(client, spelling, TEST_PASSWORD)
+            assert r.status_code in (401, 429), (spelling, r.status_code)
+        # ...and every spelling that is the account shares its limit.
+        for spelling in (
+            "victim@example.com",
+            " VICTIM@Example.COM ",
+            f"{fullwidth('victim')}@{fullwidth('example')}.com",
+        ):
+            assert login(client, spelling, TEST_PASSWORD).status_code == 429, spelling
+    finally:
+        database.close_pool(app)
+
+
+@pytest.mark.parametrize("locale", [None, UTF8_LOCALE], ids=["C", "C.UTF-8"])
+def test_user_emails_are_stored_normalised_and_found_in_any_spelling(make_database, monkeypatch, locale):
+    url = make_database(locale)
+    upgrade_database(url)
+    app = create_app(app_config(url))
+    try:
+        monkeypatch.setenv("NEW_USER_PASSWORD", TEST_PASSWORD)
+        runner = app.test_cli_runner()
+        result = runner.invoke(args=["users", "create", "--email", "Élodie.Straße@Example.com", "--role", "admin"])
+        assert result.exit_code == 0, result.output
+        assert "created admin élodie.strasse@example.com" in result.output
+        result = runner.invoke(args=["users", "create", "--email", "ÉLODIE.STRASSE@EXAMPLE.COM"])
+        assert result.exit_code != 0
+        assert "already exists" in result.output
+        client = app.test_client()
+        for spelling in (
+            "élodie.strasse@example.com",
+            "ÉLODIE.STRASSE@example.com",
+            f"élodie.{fullwidth('stra')}ß{fullwidth('e')}@example.com",
+        ):
+            r = login(client, spelling)
+            assert r.status_code == 200, (spelling, r.json)
+            assert r.json["user"]["email"] == "élodie.strasse@example.com"
+        assert runner.invoke(args=["users", "deactivate", "--email", "Élodie.STRASSE@example.com"]).exit_code == 0
+        assert login(client, "élodie.strasse@example.com").status_code == 403
+    finally:
+        database.close_pool(app)
 
 
 def test_a_broken_limiter_store_never_turns_logins_into_500s(app, client, staff_user, admin_conn, caplog):

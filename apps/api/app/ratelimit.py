@@ -36,6 +36,7 @@ import psycopg2.errors
 from flask import current_app, request
 
 from .errors import TooManyAttempts, Unauthorized
+from .models import users
 from .models.database import DatabaseUnavailable, execute_write
 
 logger = logging.getLogger(__name__)
@@ -82,11 +83,12 @@ def client_address() -> str:
 
 
 def account_key(email: str) -> str:
-    """Return the account's key: a digest of the email, trimmed and lower-cased.
+    """Return the account's key: a digest of the email in the form the users table stores and looks up.
 
-    A digest keeps emails out of the table and bounds the key's length.
+    The same normalisation as the lookup, so no spelling of an account gets a limit of its
+    own. A digest keeps emails out of the table and bounds the key's length.
     """
-    return "login-account:" + hashlib.sha256(email.strip().lower().encode()).hexdigest()[:32]
+    return "login-account:" + hashlib.sha256(users.normalize_email(email).encode()).hexdigest()[:32]
 
 
 def _store_broken(exc: psycopg2.Error) -> None:
