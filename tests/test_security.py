@@ -22,6 +22,7 @@ from apps.api.app import auth, create_app, migrate
 from apps.api.app.config import ConfigError, load_settings
 from apps.api.app.models import database, users
 from tests.helpers import (
+    HEALTH_HEADERS,
     HEALTH_TOKEN,
     TEST_PASSWORD,
     app_config,
@@ -29,6 +30,7 @@ from tests.helpers import (
     fullwidth,
     insert_row,
     login,
+    private_server,
     upgrade_database,
     wait_until,
 )
@@ -76,6 +78,69 @@ def test_a_staff_token_on_admin_operations_is_403(app, client, staff_user, make_
     for path in ("/api/health/db", "/api/health/system", "/metrics"):
         assert client.get(path, headers=headers).status_code == 403, path
     assert client.get(f"/api/customers/{customer['id']}", headers=headers).status_code == 200
+
+
+HEALTH_PATHS = ("/api/health/db", "/api/health/db/test", "/api/health/system", "/metrics")
+
+
+def test_a_deactivated_or_demoted_admin_loses_health_and_metrics_after_the_recheck_interval(
+    app, client, make_user, admin_conn
+):
+    leaving, demoted = make_user("admin"), make_user("admin")
+    leaving_headers, demoted_headers = bearer(app, leaving), bearer(app, demoted)
+    for path in HEALTH_PATHS:
+        assert client.get(path, headers=leaving_headers).status_code == 200, path
+        assert client.get(path, headers=demoted_headers).status_code == 200, path
+    with admin_conn.cursor() as cur:
+        cur.execute("UPDATE users SET active = false WHERE id = %s", (leaving["id"],))
+        cur.execute("UPDATE users SET role = 'staff' WHERE id = %s", (demoted["id"],))
+    # Within the interval this worker trusts its cached answer, as for the domain endpoints...
+    assert client.get("/api/health/system", headers=leaving_headers).status_code == 200
+    # ...and once it has passed, it asks the database again.
+    auth.state(app).user_recheck_seconds = 0
+    for path in HEALTH_PATHS:
+        r = client.get(path, headers=leaving_headers)
+        assert r.status_code == 401, (path, r.status_code)
+        assert r.json["error"]["code"] == "account_disabled"
+        r = client.get(path, headers=demoted_headers)
+        assert r.status_code == 403, (path, r.status_code)
+        assert r.json["error"]["code"] == "forbidden_role"
+        assert client.get(path, headers=HEALTH_HEADERS).status_code == 200, path
+
+
+@pytest.mark.slow
+def test_an_admin_token_on_health_while_the_database_is_stopped_uses_a_recent_answer_or_gets_503(password_hash):
+    with private_server() as server:
+        server.ensure_role_and_database("rentals", "rentals-test-pw", "rentals")
+        url = server.dsn("rentals", user="rentals", password="rentals-test-pw")
+        upgrade_database(url)
+        with contextlib.closing(psycopg2.connect(url)) as conn:
+            conn.autocommit = True
+            admin = insert_row(
+                conn, "users", email="ops@example.com", password_hash=password_hash, full_name="Ops", role="admin"
+            )
+        app = create_app(app_config(url, DB_CONNECT_TIMEOUT=1))
+        try:
+            client, headers = app.test_client(), bearer(app, admin)
+            assert client.get("/api/health/system", headers=headers).status_code == 200
+            server.stop()
+            # Within the recheck interval the worker's recent answer stands...
+            assert client.get("/api/health/system", headers=headers).status_code == 200
+            # ...past it, with nobody to ask: 503 with Retry-After in the error shape, never 500.
+            auth.state(app).user_recheck_seconds = 0
+            for path in HEALTH_PATHS:
+                r = client.get(path, headers=headers)
+                assert r.status_code == 503, (path, r.status_code)
+                assert r.json["error"]["code"] == "database_unavailable", path
+                assert r.headers["Retry-After"] == "2"
+            # HEALTH_API_TOKEN needs no database.
+            assert client.get("/api/health/system", headers=HEALTH_HEADERS).status_code == 200
+            assert client.get("/metrics", headers=HEALTH_HEADERS).status_code == 200
+            r = client.get("/api/health/db", headers=HEALTH_HEADERS)
+            assert r.status_code == 503
+            assert r.json["status"] == "error"
+        finally:
+            database.close_pool(app)
 
 
 def test_tokens_and_health_token_are_compared_in_constant_time(make_app, staff_user, monkeypatch):
