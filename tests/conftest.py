@@ -7,6 +7,7 @@ and the tests import, are in tests/helpers.py.
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Iterator
 
 import psycopg2
@@ -52,6 +53,27 @@ def database_url(postgresql) -> str:
     """URL of this test's own database, a fresh copy of the migrated template."""
     info = postgresql.info
     return f"postgresql://{info.user}:{info.password}@{info.host}:{info.port}/{info.dbname}"
+
+
+@pytest.fixture
+def make_database(pg_server: EmbeddedPostgres):
+    """Create empty databases on the session server: make_database(locale=None) -> URL; dropped after the test.
+
+    `locale` (a libc locale such as C.UTF-8) gives the database its own case mapping and
+    collation; the session server's databases have the C locale.
+    """
+    made: list[str] = []
+
+    def make(locale: str | None = None) -> str:
+        name = f"rentals_extra_{uuid.uuid4().hex[:10]}"
+        options = f" TEMPLATE template0 ENCODING 'UTF8' LOCALE_PROVIDER libc LOCALE '{locale}'" if locale else ""
+        pg_server.execute(f"CREATE DATABASE {name}{options}")
+        made.append(name)
+        return pg_server.dsn(name)
+
+    yield make
+    for name in made:
+        pg_server.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
 
 
 @pytest.fixture

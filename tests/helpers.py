@@ -64,13 +64,17 @@ def private_server(settings: dict[str, str] | None = None) -> Iterator[EmbeddedP
 
 def load_migrations(host: str, port: int, user: str, dbname: str, password: str, **_: object) -> None:
     """Apply the project's migrations to the template database, through the app itself."""
-    url = f"postgresql://{user}:{password}@{host}:{port}/{dbname}"
+    upgrade_database(f"postgresql://{user}:{password}@{host}:{port}/{dbname}")
+
+
+def upgrade_database(url: str, directory: Path | None = None) -> list[str]:
+    """Apply the project's migrations (or those in `directory`) to the database at `url`; return the versions."""
+    from apps.api.app import migrate
+
     app = create_app(app_config(url))
     try:
         with app.app_context():
-            from apps.api.app import migrate
-
-            migrate.upgrade()
+            return migrate.upgrade(directory) if directory else migrate.upgrade()
     finally:
         database.close_pool(app)
 
@@ -180,6 +184,11 @@ def insert_row(conn: psycopg2.extensions.connection, table: str, **values: objec
         cur.execute(f"INSERT INTO {table} ({columns}) VALUES ({placeholders}) RETURNING *", tuple(values.values()))
         names = [column.name for column in cur.description]
         return dict(zip(names, cur.fetchone(), strict=True))
+
+
+def fullwidth(text: str) -> str:
+    """Return `text` with its ASCII letters, digits and signs in their fullwidth forms (U+FF01 on)."""
+    return text.translate({code: code + 0xFEE0 for code in range(0x21, 0x7F)})
 
 
 def login(client, email: str, password: str = TEST_PASSWORD, **headers: str):

@@ -20,9 +20,23 @@ from werkzeug.security import check_password_hash
 
 from apps.api.app import auth, create_app, migrate
 from apps.api.app.config import ConfigError, load_settings
-from apps.api.app.models import database
-from tests.helpers import HEALTH_TOKEN, TEST_PASSWORD, app_config, bearer, login
+from apps.api.app.models import database, users
+from tests.helpers import (
+    HEALTH_HEADERS,
+    HEALTH_TOKEN,
+    TEST_PASSWORD,
+    app_config,
+    bearer,
+    fullwidth,
+    insert_row,
+    login,
+    private_server,
+    upgrade_database,
+    wait_until,
+)
+from tests.support.faults import lock_waiters, locked
 from tests.support.gunicorn import start_gunicorn, stop_gunicorn
+from tests.support.load import Burst, send, send_all
 
 SECURITY_HEADERS = {
     "X-Content-Type-Options": "nosniff",
@@ -64,6 +78,69 @@ def test_a_staff_token_on_admin_operations_is_403(app, client, staff_user, make_
     for path in ("/api/health/db", "/api/health/system", "/metrics"):
         assert client.get(path, headers=headers).status_code == 403, path
     assert client.get(f"/api/customers/{customer['id']}", headers=headers).status_code == 200
+
+
+HEALTH_PATHS = ("/api/health/db", "/api/health/db/test", "/api/health/system", "/metrics")
+
+
+def test_a_deactivated_or_demoted_admin_loses_health_and_metrics_after_the_recheck_interval(
+    app, client, make_user, admin_conn
+):
+    leaving, demoted = make_user("admin"), make_user("admin")
+    leaving_headers, demoted_headers = bearer(app, leaving), bearer(app, demoted)
+    for path in HEALTH_PATHS:
+        assert client.get(path, headers=leaving_headers).status_code == 200, path
+        assert client.get(path, headers=demoted_headers).status_code == 200, path
+    with admin_conn.cursor() as cur:
+        cur.execute("UPDATE users SET active = false WHERE id = %s", (leaving["id"],))
+        cur.execute("UPDATE users SET role = 'staff' WHERE id = %s", (demoted["id"],))
+    # Within the interval this worker trusts its cached answer, as for the domain endpoints...
+    assert client.get("/api/health/system", headers=leaving_headers).status_code == 200
+    # ...and once it has passed, it asks the database again.
+    auth.state(app).user_recheck_seconds = 0
+    for path in HEALTH_PATHS:
+        r = client.get(path, headers=leaving_headers)
+        assert r.status_code == 401, (path, r.status_code)
+        assert r.json["error"]["code"] == "account_disabled"
+        r = client.get(path, headers=demoted_headers)
+        assert r.status_code == 403, (path, r.status_code)
+        assert r.json["error"]["code"] == "forbidden_role"
+        assert client.get(path, headers=HEALTH_HEADERS).status_code == 200, path
+
+
+@pytest.mark.slow
+def test_an_admin_token_on_health_while_the_database_is_stopped_uses_a_recent_answer_or_gets_503(password_hash):
+    with private_server() as server:
+        server.ensure_role_and_database("rentals", "rentals-test-pw", "rentals")
+        url = server.dsn("rentals", user="rentals", password="rentals-test-pw")
+        upgrade_database(url)
+        with contextlib.closing(psycopg2.connect(url)) as conn:
+            conn.autocommit = True
+            admin = insert_row(
+                conn, "users", email="ops@example.com", password_hash=password_hash, full_name="Ops", role="admin"
+            )
+        app = create_app(app_config(url, DB_CONNECT_TIMEOUT=1))
+        try:
+            client, headers = app.test_client(), bearer(app, admin)
+            assert client.get("/api/health/system", headers=headers).status_code == 200
+            server.stop()
+            # Within the recheck interval the worker's recent answer stands...
+            assert client.get("/api/health/system", headers=headers).status_code == 200
+            # ...past it, with nobody to ask: 503 with Retry-After in the error shape, never 500.
+            auth.state(app).user_recheck_seconds = 0
+            for path in HEALTH_PATHS:
+                r = client.get(path, headers=headers)
+                assert r.status_code == 503, (path, r.status_code)
+                assert r.json["error"]["code"] == "database_unavailable", path
+                assert r.headers["Retry-After"] == "2"
+            # HEALTH_API_TOKEN needs no database.
+            assert client.get("/api/health/system", headers=HEALTH_HEADERS).status_code == 200
+            assert client.get("/metrics", headers=HEALTH_HEADERS).status_code == 200
+            r = client.get("/api/health/db", headers=HEALTH_HEADERS)
+            assert r.status_code == 503
+            assert r.json["status"] == "error"
+        finally:
+            database.close_pool(app)
 
 
 def test_tokens_and_health_token_are_compared_in_constant_time(make_app, staff_user, monkeypatch):
@@ -163,12 +240,114 @@ def test_the_client_address_comes_from_trusted_proxies_only(make_app):
     assert login(client, "b9@example.com", "x", **{"X-Forwarded-For": "198.51.100.1"}).status_code == 401
 
 
+@pytest.mark.parametrize(
+    ("spelling", "stored"),
+    [
+        ("Ada@Example.COM", "ada@example.com"),
+        ("  ada@example.com\u00a0", "ada@example.com"),
+        ("Straße@example.com", "strasse@example.com"),
+        ("\ufb01le@example.com", "file@example.com"),  # the ligature fi
+        ("vİctim@example.com", "vi\u0307ctim@example.com"),  # not victim: the dotted I keeps its dot
+        ("e\u0301cole@example.com", "\u00e9cole@example.com"),  # composed
+    ],
+)
+def test_an_email_has_one_normalised_form(spelling, stored):
+    assert users.normalize_email(spelling) == stored
+    assert users.normalize_email(fullwidth(spelling)) == stored
+
+
+def test_normalising_an_email_twice_changes_nothing():
+    # Every code point of the planes that have letters (surrogates aside): a stored email
+    # normalised again finds the same user.
+    texts = [chr(code) for code in range(0x30000) if not 0xD800 <= code <= 0xDFFF]
+    assert [t for t in texts if users.normalize_email(users.normalize_email(t)) != users.normalize_email(t)] == []
+
+
+UTF8_LOCALE = "C.UTF-8"
+
+
+def _user_on(url: str, password_hash: str, email: str) -> dict:
+    """Insert an admin with TEST_PASSWORD into the database at `url`; return the row."""
+    with contextlib.closing(psycopg2.connect(url)) as conn:
+        conn.autocommit = True
+        return insert_row(conn, "users", email=email, password_hash=password_hash, full_name="A", role="admin")
+
+
+def test_an_email_spelled_another_way_gets_no_fresh_login_limit_on_a_utf8_database(make_database, password_hash):
+    url = make_database(UTF8_LOCALE)
+    upgrade_database(url)
+    with contextlib.closing(psycopg2.connect(url)) as conn, conn.cursor() as cur:
+        # The audit's database: its lower() folds the dotted capital I into a plain i.
+        cur.execute("SELECT lower('vİctim') = 'victim'")
+        assert cur.fetchone() == (True,)
+    _user_on(url, password_hash, "victim@example.com")
+    app = create_app(app_config(url, LOGIN_MAX_FAILURES_PER_ACCOUNT=3))
+    try:
+        client = app.test_client()
+        for _ in range(3):
+            assert login(client, "victim@example.com", "wrong").status_code == 401
+        # A spelling that only the database's lower() folds into the account reaches no account...
+        for spelling in ("vİctim@example.com", "VİCTİM@EXAMPLE.COM", "victİm@example.com"):
+            r = login(client, spelling, TEST_PASSWORD)
+            assert r.status_code in (401, 429), (spelling, r.status_code)
+        # ...and every spelling that is the account shares its limit.
+        for spelling in (
+            "victim@example.com",
+            " VICTIM@Example.COM ",
+            f"{fullwidth('victim')}@{fullwidth('example')}.com",
+        ):
+            assert login(client, spelling, TEST_PASSWORD).status_code == 429, spelling
+    finally:
+        database.close_pool(app)
+
+
+@pytest.mark.parametrize("locale", [None, UTF8_LOCALE], ids=["C", "C.UTF-8"])
+def test_user_emails_are_stored_normalised_and_found_in_any_spelling(make_database, monkeypatch, locale):
+    url = make_database(locale)
+    upgrade_database(url)
+    app = create_app(app_config(url))
+    try:
+        monkeypatch.setenv("NEW_USER_PASSWORD", TEST_PASSWORD)
+        runner = app.test_cli_runner()
+        result = runner.invoke(args=["users", "create", "--email", "Élodie.Straße@Example.com", "--role", "admin"])
+        assert result.exit_code == 0, result.output
+        assert "created admin élodie.strasse@example.com" in result.output
+        result = runner.invoke(args=["users", "create", "--email", "ÉLODIE.STRASSE@EXAMPLE.COM"])
+        assert result.exit_code != 0
+        assert "already exists" in result.output
+        client = app.test_client()
+        for spelling in (
+            "élodie.strasse@example.com",
+            "ÉLODIE.STRASSE@example.com",
+            f"élodie.{fullwidth('stra')}ß{fullwidth('e')}@example.com",
+        ):
+            r = login(client, spelling)
+            assert r.status_code == 200, (spelling, r.json)
+            assert r.json["user"]["email"] == "élodie.strasse@example.com"
+        assert runner.invoke(args=["users", "deactivate", "--email", "Élodie.STRASSE@example.com"]).exit_code == 0
+        assert login(client, "élodie.strasse@example.com").status_code == 403
+    finally:
+        database.close_pool(app)
+
+
 def test_a_broken_limiter_store_never_turns_logins_into_500s(app, client, staff_user, admin_conn, caplog):
     with admin_conn.cursor() as cur:
         cur.execute("DROP TABLE rate_limits")
     assert login(client, staff_user["email"], "wrong").status_code == 401
     assert login(client, staff_user["email"], TEST_PASSWORD).status_code == 200
     assert "rate limit store unavailable, counting nothing: UndefinedTable 42P01" in caplog.text
+
+
+def test_a_login_the_limiter_cannot_count_is_503_and_its_password_is_not_checked(make_app, staff_user, database_url):
+    # A limiter that let logins through whenever it could not count would let a burst past
+    # it whenever the database is slow; the login answers 503 instead, as at its user lookup.
+    client = make_app(DB_LOCK_TIMEOUT_MS=200).test_client()
+    with locked(database_url, "rate_limits"):
+        r = login(client, staff_user["email"], TEST_PASSWORD)
+    assert r.status_code == 503, r.json
+    assert r.json["error"]["code"] == "query_timeout"
+    assert r.headers["Retry-After"]
+    assert login(client, staff_user["email"], TEST_PASSWORD).status_code == 200
 
 
 def test_logins_while_the_database_is_down_are_503_not_500(make_app, staff_user):
@@ -227,6 +406,65 @@ def test_the_login_limit_holds_across_two_gunicorn_workers(database_url, staff_u
     failures = collections.Counter(re.findall(r"\[(\d+)\] apps\.api\.request: POST /api/auth/login 401", output))
     refusing = set(re.findall(r"\[(\d+)\] apps\.api\.request: POST /api/auth/login 429", output))
     assert any(failures[pid] < limit for pid in refusing), (failures, refusing)
+
+
+BURST = 50
+# make run's shape: 2 workers x 8 threads, so 16 logins are checked at once; the address
+# limit out of the way, so only the account's limit is at work.
+BURST_SERVER = {
+    "WEB_CONCURRENCY": 2,
+    "GUNICORN_THREADS": 8,
+    "DB_POOL_MAX_CONNECTIONS": 8,
+    "LOGIN_MAX_FAILURES_PER_ADDRESS": 1000,
+}
+
+
+def login_request(email: str, password: str) -> tuple[str, str, dict, dict, str]:
+    """Return one POST /api/auth/login in the shape send_all takes."""
+    return ("POST", "/api/auth/login", {}, {"email": email, "password": password}, "login")
+
+
+@pytest.mark.slow
+def test_50_parallel_wrong_logins_check_at_most_the_limit_across_two_workers(database_url, staff_user):
+    limit = 5
+    process, port = start_gunicorn(database_url, LOGIN_MAX_FAILURES_PER_ACCOUNT=limit, **BURST_SERVER)
+    try:
+        replies = send_all(port, [login_request(staff_user["email"], "wrong")] * BURST)
+        right = send(port, "POST", "/api/auth/login", {}, {"email": staff_user["email"], "password": TEST_PASSWORD})
+    finally:
+        output = stop_gunicorn(process)
+    statuses = collections.Counter(r.status for r in replies)
+    assert statuses == {401: limit, 429: BURST - limit}, statuses
+    for reply in replies:
+        if reply.status == 429:
+            assert reply.code == "too_many_requests"
+            assert 1 <= int(reply.retry_after) <= 900
+    assert right.status == 429, "the right password got past a limit the burst had reached"
+    answering = set(re.findall(r"\[(\d+)\] apps\.api\.request: POST /api/auth/login", output))
+    assert len(answering) == 2, "both workers should have answered part of the burst"
+
+
+@pytest.mark.slow
+def test_the_right_password_is_refused_while_the_limit_is_taken_by_logins_in_flight(
+    database_url, staff_user, admin_conn
+):
+    # Another session locks the users table, so logins that got past the limiter wait for
+    # the user lookup, with the password not yet checked: the limit must already count them.
+    limit = 3
+    email = staff_user["email"]
+    process, port = start_gunicorn(database_url, LOGIN_MAX_FAILURES_PER_ACCOUNT=limit, **BURST_SERVER)
+    try:
+        with locked(database_url, "users"):
+            first = Burst(port, [login_request(email, "wrong")] * limit)
+            assert wait_until(lambda: len(lock_waiters(admin_conn)) >= limit, timeout=10)
+            second = Burst(port, [login_request(email, TEST_PASSWORD)] * 5 + [login_request(email, "wrong")] * 5)
+            # Refused logins answer at once; a login that got past the limiter waits here.
+            wait_until(lambda: len(lock_waiters(admin_conn)) > limit, timeout=1.5)
+        first_replies, second_replies = first.result(), second.result()
+    finally:
+        stop_gunicorn(process)
+    assert [r.status for r in first_replies] == [401] * limit
+    assert [r.status for r in second_replies] == [429] * 10, [r.status for r in second_replies]
 
 
 # -- secrets in logs and replies -----------------------------------------------------------

@@ -7,7 +7,7 @@ from collections.abc import Mapping
 from flask import Flask
 from flask_openapi3 import OpenAPI
 
-from . import auth, cli, errors, logs, middleware, openapi, ratelimit, security
+from . import auth, cli, errors, logs, middleware, openapi, security
 from .config import load_settings, settings_as_flask_config
 from .models import database
 from .routes import auth as auth_routes
@@ -39,7 +39,6 @@ def create_app(config: Mapping[str, str] | None = None) -> Flask:
     auth.init_app(app)
     for domain in (auth_routes, customers, products, rentals, dashboard):
         app.register_api(domain.bp)
-    ratelimit.init_app(app, auth_routes.bp.name)
     app.register_blueprint(openapi.bp)
     cli.register(app)
     return app

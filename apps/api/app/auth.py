@@ -4,10 +4,11 @@ A user token is `{"sub": user_id, "role": role}` signed with SECRET_KEY and time
 (itsdangerous); its signature and age (TOKEN_TTL_SECONDS) are checked without the
 database, so the health endpoints keep answering while the database is down.
 
-Domain endpoints also ask whether the user is still active, and their current role, at
-most once every USER_RECHECK_SECONDS per worker process (the answer is cached): a user
-deactivated at 12:00 is refused everywhere by 12:00 + USER_RECHECK_SECONDS, long before
-the token expires. The health endpoints accept an admin token on its signature alone.
+Every endpoint that accepts a user token (the domain, /api/auth/me, the health endpoints
+and /metrics) also asks whether the user is still active, and their current role, at most
+once every USER_RECHECK_SECONDS per worker process (the answer is cached): a user
+deactivated or demoted at 12:00 is refused everywhere by 12:00 + USER_RECHECK_SECONDS,
+long before the token expires. Only HEALTH_API_TOKEN is accepted without the database.
 """
 
 from __future__ import annotations
@@ -256,10 +257,13 @@ def is_health_token(token: str) -> bool:
 
 
 def require_health_token(view: F) -> F:
-    """Let the view run for HEALTH_API_TOKEN or an admin user's token; 401 or 403 otherwise.
+    """Let the view run for HEALTH_API_TOKEN or an active admin's token; 401 or 403 otherwise.
 
-    Needs no database (an admin token is checked on its signature, age and role claim),
-    so health checks keep answering while the database is down.
+    HEALTH_API_TOKEN needs no database, so health checks keep answering while it is down.
+    An admin's token passes the same re-check as on the domain endpoints: while the
+    database is down, this worker's answer for the user stands until it is
+    USER_RECHECK_SECONDS old, and after that the request is 503 with Retry-After (the
+    user cannot be checked), never 500.
     """
 
     @wraps(view)
@@ -267,10 +271,8 @@ def require_health_token(view: F) -> F:
         token = bearer_token()
         if token is None:
             raise Unauthorized("send Authorization: Bearer <HEALTH_API_TOKEN or an admin's token>")
-        if not is_health_token(token):
-            _, role = verify_token(token)
-            if role != "admin":
-                raise Forbidden("the health endpoints need HEALTH_API_TOKEN or an admin's token", code="forbidden_role")
+        if not is_health_token(token) and not current_user().is_admin:
+            raise Forbidden("the health endpoints need HEALTH_API_TOKEN or an admin's token", code="forbidden_role")
         return view(*args, **kwargs)
 
     wrapper.health_token_required = True  # type: ignore[attr-defined]  # read by the OpenAPI document

@@ -84,7 +84,7 @@ def _read_password() -> str:
 
 
 @users_cli.command("create")
-@click.option("--email", required=True, help="The login; unique whatever its case.")
+@click.option("--email", required=True, help="The login; stored normalised, so unique in any spelling.")
 @click.option("--role", type=click.Choice(users.ROLES), default="staff", show_default=True)
 @click.option("--full-name", default=None, help="Defaults to the email's local part.")
 def create_user_command(email: str, role: str, full_name: str | None) -> None:

@@ -74,6 +74,13 @@ class Conflict(APIError):
     code = "conflict"
 
 
+class TooManyAttempts(APIError):
+    """Too many failed attempts in the current window; send with a Retry-After header."""
+
+    status = 429
+    code = "too_many_requests"
+
+
 class Unprocessable(APIError):
     """The request is well formed but not allowed."""
 

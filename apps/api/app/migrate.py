@@ -1,5 +1,8 @@
-"""Apply the numbered SQL files in migrations/ in order, each once, each in its own transaction.
+"""Apply the numbered files in migrations/ in order, each once, each in its own transaction.
 
+A file is SQL (`NNNN_name.sql`) or, for data that SQL cannot compute the way the app does,
+Python (`NNNN_name.py`) defining `upgrade(cursor)`, which runs its statements on the psycopg2
+cursor of the migration's transaction and raises MigrationError to refuse with a sentence.
 Each file runs in a transaction that first takes a transaction-level advisory lock and then
 checks whether the file is already recorded, so two hosts deploying at once apply every file
 exactly once, and nothing outlives a transaction (PgBouncer transaction mode is fine).
@@ -13,6 +16,9 @@ import logging
 import re
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
+
+import psycopg2.extensions
 
 from .models.database import execute_query, fetch_one, transaction
 
@@ -21,7 +27,8 @@ logger = logging.getLogger(__name__)
 MIGRATIONS_DIR = Path(__file__).parent / "migrations"
 # Any fixed number; every deploy of this app contends for the same one.
 LOCK_ID = 7_261_942_017
-_NAME = re.compile(r"^(\d{4})_([a-z0-9_]+)\.sql$")
+_NAME = re.compile(r"^(\d{4})_([a-z0-9_]+)\.(sql|py)$")
+KINDS = (".sql", ".py")
 
 
 class MigrationError(RuntimeError):
@@ -30,29 +37,51 @@ class MigrationError(RuntimeError):
 
 @dataclass(frozen=True)
 class Migration:
-    """One numbered SQL file."""
+    """One numbered file: SQL, or Python with an upgrade(cursor) function."""
 
     version: str
     name: str
-    sql: str
+    text: str
+    kind: str = "sql"
 
     @property
     def checksum(self) -> str:
         """Return the sha256 of the file's text."""
-        return hashlib.sha256(self.sql.encode()).hexdigest()
+        return hashlib.sha256(self.text.encode()).hexdigest()
+
+    @property
+    def filename(self) -> str:
+        """Return the file's name."""
+        return f"{self.version}_{self.name}.{self.kind}"
+
+    def apply(self, cur: psycopg2.extensions.cursor) -> None:
+        """Run the file on `cur`, inside the migration's transaction.
+
+        Raises MigrationError when a Python file has no upgrade(cursor) function.
+        """
+        if self.kind == "sql":
+            cur.execute(self.text)
+            return
+        namespace: dict[str, Any] = {"__name__": f"rentals_migration_{self.version}"}
+        # The very text whose checksum is recorded, not whatever the file holds by now.
+        exec(compile(self.text, self.filename, "exec"), namespace)  # noqa: S102 (our own migration file)
+        upgrade = namespace.get("upgrade")
+        if not callable(upgrade):
+            raise MigrationError(f"migration {self.filename} must define upgrade(cursor)")
+        upgrade(cur)
 
 
 def discover(directory: Path = MIGRATIONS_DIR) -> list[Migration]:
     """Return the migrations in version order; raise MigrationError on a bad name or a duplicate version."""
     migrations: dict[str, Migration] = {}
-    for path in sorted(directory.glob("*.sql")):
+    for path in sorted(p for p in directory.iterdir() if p.suffix in KINDS):
         match = _NAME.match(path.name)
         if match is None:
-            raise MigrationError(f"migration file {path.name} must be named NNNN_lowercase_words.sql")
-        version, name = match.groups()
+            raise MigrationError(f"migration file {path.name} must be named NNNN_lowercase_words.sql (or .py)")
+        version, name, kind = match.groups()
         if version in migrations:
             raise MigrationError(f"migrations {migrations[version].name} and {name} share version {version}")
-        migrations[version] = Migration(version, name, path.read_text())
+        migrations[version] = Migration(version, name, path.read_text(), kind)
     return [migrations[v] for v in sorted(migrations)]
 
 
@@ -90,7 +119,7 @@ def upgrade(directory: Path = MIGRATIONS_DIR) -> list[str]:
                     )
                 continue
             logger.info("applying migration %s_%s", migration.version, migration.name)
-            cur.execute(migration.sql)
+            migration.apply(cur)
             cur.execute(
                 "INSERT INTO schema_migrations (version, name, checksum) VALUES (%s, %s, %s)",
                 (migration.version, migration.name, migration.checksum),

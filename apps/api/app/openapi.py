@@ -118,9 +118,13 @@ def _undocumented_operations(app: Flask, documented: dict[str, Any]) -> dict[str
             }
             if getattr(view, "health_token_required", False):
                 operation["security"] = BEARER
-                operation["description"] = "Bearer HEALTH_API_TOKEN, or an admin user's token."
+                operation["description"] = (
+                    "Bearer HEALTH_API_TOKEN (checked without the database), or an active admin user's token"
+                    " (re-checked like every user token: 503 when the database cannot say)."
+                )
                 operation["responses"]["401"] = _error_reply("Unauthorized")
                 operation["responses"]["403"] = _error_reply("Forbidden")
+                operation["responses"]["503"] = _error_reply("An admin's token cannot be re-checked: no database")
             if path.startswith("/api/health/db"):
                 operation["responses"]["503"] = {"description": "The database cannot be reached"}
             paths.setdefault(path, {})[method.lower()] = operation

@@ -1,131 +1,80 @@
-"""Rate limits shared by every worker and host: flask-limiter, counting in PostgreSQL.
+"""Failed-login limits shared by every worker and host: slots taken atomically in PostgreSQL.
 
-flask-limiter (on the `limits` library) does the limiting; its own storages are process
-memory, Redis, Memcached or MongoDB. This deployment has none of those, and memory would
-give every gunicorn worker its own count, so a brute-force attempt spread over the workers
-would get N times the allowance. The database is already shared by every worker and host,
-so `PostgresStorage` keeps the fixed-window counters in one table, with one atomic
-statement per hit through the pool's helpers (nothing outlives a transaction: PgBouncer
-transaction mode is fine).
+A login checks its password only once it holds a slot in both limits: its client
+address's (LOGIN_MAX_FAILURES_PER_ADDRESS) and its account's (LOGIN_MAX_FAILURES_PER_ACCOUNT,
+the account being the email as the users table stores it), each per
+LOGIN_FAILURE_WINDOW_SECONDS. Taking a slot is one statement on the rate_limits table that
+counts one more unless the window already holds the limit, so however many logins arrive
+at once, on whichever workers and hosts, at most the limit's worth of passwords are
+checked; the others answer 429 with Retry-After (the seconds left in the window) without
+touching the password. A login that does not fail with 401 gives its slots back, so only
+failures use up the allowance: a slot is a failure or a login still being checked.
 
-What is limited: failed logins (401), per account (the email, trimmed and lower-cased)
-and per client address, LOGIN_MAX_FAILURES_PER_ACCOUNT and LOGIN_MAX_FAILURES_PER_ADDRESS
-in each LOGIN_FAILURE_WINDOW_SECONDS. Beyond either, POST /api/auth/login answers 429
-with Retry-After, even for the right password, until the window ends. A login costs two
-reads of the counters, a failed one two writes more; no other route touches them.
+Each step is one statement in autocommit, so nothing outlives a transaction (PgBouncer
+transaction mode is fine). A login costs two statements more than its password check, a
+successful one two more again; no other route touches the table.
+
+When the database cannot answer, taking a slot fails and the login answers 503, as it
+would at its user lookup: a busy pool must not let logins past the limit. A rate_limits
+table that is missing or not writable (a deploy mistake) counts nothing, with one warning
+line per login, rather than locking every user out. A slot that cannot be given back
+(the database went away meanwhile) counts as a failure until its window ends.
 """
 
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
-import math
 import random
-import time
-from collections.abc import Callable
-from typing import Any, TypeVar
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import datetime
 
 import psycopg2
-from flask import Flask, Response, current_app, request
-from flask_limiter import Limiter, RateLimitExceeded
-from limits.storage import Storage
+import psycopg2.errors
+from flask import current_app, request
 
-from .compat.flask_limiter import move_request_hooks
-from .errors import error_response
-from .models.database import DatabaseUnavailable, execute_query_one, execute_write
-
-F = TypeVar("F", bound=Callable)
+from .errors import TooManyAttempts, Unauthorized
+from .models import users
+from .models.database import DatabaseUnavailable, execute_write
 
 logger = logging.getLogger(__name__)
 
-STORAGE_URI = "rentals-postgres://"
-# About one hit in this many also deletes expired rows, so the table stays small.
+# About one slot in this many also deletes expired windows, so the table stays small.
 CLEANUP_EVERY = 200
+# The store is missing or not ours to write: count nothing rather than refuse every login.
+_STORE_BROKEN = (psycopg2.errors.UndefinedTable, psycopg2.errors.InsufficientPrivilege)
 
-_INCR = """
-INSERT INTO rate_limits AS r (key, hits, expires_at)
-VALUES (%(key)s, %(amount)s, clock_timestamp() + make_interval(secs => %(expiry)s))
-ON CONFLICT (key) DO UPDATE SET
-    hits = CASE WHEN r.expires_at <= clock_timestamp() THEN excluded.hits ELSE r.hits + excluded.hits END,
-    expires_at = CASE WHEN r.expires_at <= clock_timestamp() THEN excluded.expires_at ELSE r.expires_at END
-RETURNING hits
+# One atomic step: a new window, or one more hit in the current one below the limit. A
+# refused reservation changes nothing and reads the seconds left in the window instead.
+# Each statement runs alone in autocommit, so now() is this statement's time.
+_RESERVE = """
+WITH taken AS (
+    INSERT INTO rate_limits AS r (key, hits, expires_at)
+    VALUES (%(key)s, 1, now() + make_interval(secs => %(window)s))
+    ON CONFLICT (key) DO UPDATE SET
+        hits = CASE WHEN r.expires_at <= now() THEN 1 ELSE r.hits + 1 END,
+        expires_at = CASE WHEN r.expires_at <= now() THEN excluded.expires_at ELSE r.expires_at END
+    WHERE r.expires_at <= now() OR r.hits < %(limit)s
+    RETURNING expires_at
+)
+SELECT expires_at, NULL::integer AS retry_after FROM taken
+UNION ALL
+SELECT NULL, greatest(1, ceil(extract(epoch FROM expires_at - now())))::integer
+FROM rate_limits WHERE key = %(key)s AND NOT EXISTS (SELECT 1 FROM taken)
 """
+# Only the window the slot was taken in: a slot of a window that has ended is gone already.
+_RELEASE = "UPDATE rate_limits SET hits = hits - 1 WHERE key = %(key)s AND expires_at = %(expires_at)s AND hits > 0"
+_CLEANUP = "DELETE FROM rate_limits WHERE expires_at < now()"
 
 
-def _unavailable(exc: Exception) -> None:
-    # DatabaseUnavailable's messages are ours; a psycopg2 error is named by class and code only.
-    what = str(exc) if isinstance(exc, DatabaseUnavailable) else f"{type(exc).__name__} {exc.pgcode or ''}".strip()
-    logger.warning("rate limit store unavailable, counting nothing: %s", what)
+@dataclass(frozen=True)
+class Slot:
+    """One reserved hit: its key and the end of the window it was counted in."""
 
-
-class PostgresStorage(Storage):
-    """A `limits` storage for fixed windows, kept in the rate_limits table.
-
-    Works in a Flask app context (every rate-limited request has one). Fails open: when
-    the database cannot answer, `get` says 0 and `incr` counts nothing (one warning line
-    each), so the limiter never turns a login into a 500; the login itself then answers
-    503 if the database is down.
-    """
-
-    STORAGE_SCHEME = ["rentals-postgres"]
-
-    def __init__(self, uri: str | None = None, wrap_exceptions: bool = False, **options: Any) -> None:
-        super().__init__(uri, wrap_exceptions=wrap_exceptions, **options)
-
-    @property
-    def base_exceptions(self) -> type[Exception] | tuple[type[Exception], ...]:
-        """Return the errors this storage can raise."""
-        return (DatabaseUnavailable, psycopg2.Error)
-
-    def incr(self, key: str, expiry: int, amount: int = 1) -> int:
-        """Add `amount` hits to `key`'s window (a new one of `expiry` s if it ran out); return the hits."""
-        try:
-            if random.randrange(CLEANUP_EVERY) == 0:  # noqa: S311 (spread, not secrecy)
-                execute_write("DELETE FROM rate_limits WHERE expires_at < clock_timestamp()")
-            row = execute_write(_INCR, {"key": key, "amount": amount, "expiry": expiry})
-        except self.base_exceptions as exc:
-            _unavailable(exc)
-            return 0
-        return row["hits"]
-
-    def get(self, key: str) -> int:
-        """Return the hits in `key`'s current window (0 when none, expired, or the database cannot say)."""
-        try:
-            row = execute_query_one(
-                "SELECT hits FROM rate_limits WHERE key = %s AND expires_at > clock_timestamp()", (key,)
-            )
-        except self.base_exceptions as exc:
-            _unavailable(exc)
-            return 0
-        return row["hits"] if row else 0
-
-    def get_expiry(self, key: str) -> float:
-        """Return when `key`'s window ends, in epoch seconds (now when there is none)."""
-        row = execute_query_one(
-            "SELECT extract(epoch FROM greatest(expires_at, clock_timestamp()))::float8 AS at"
-            " FROM rate_limits WHERE key = %s",
-            (key,),
-        )
-        if row:
-            return row["at"]
-        return execute_query_one("SELECT extract(epoch FROM clock_timestamp())::float8 AS at")["at"]
-
-    def check(self) -> bool:
-        """Return True when the table answers."""
-        try:
-            execute_query_one("SELECT 1 FROM rate_limits LIMIT 1")
-        except self.base_exceptions:
-            return False
-        return True
-
-    def reset(self) -> int | None:
-        """Forget every window; return how many there were."""
-        return execute_write("DELETE FROM rate_limits")
-
-    def clear(self, key: str) -> None:
-        """Forget `key`'s window."""
-        execute_write("DELETE FROM rate_limits WHERE key = %s", (key,))
+    key: str
+    expires_at: datetime
 
 
 def client_address() -> str:
@@ -133,89 +82,82 @@ def client_address() -> str:
     return request.remote_addr or "unknown"
 
 
-def login_account() -> str:
-    """Return a digest of the login's email, trimmed and lower-cased: the account being tried.
+def account_key(email: str) -> str:
+    """Return the account's key: a digest of the email in the form the users table stores and looks up.
 
-    A digest keeps emails out of the table and the limiter's log lines, and bounds the key.
-    Runs after the body was validated, so the email is there.
+    The same normalisation as the lookup, so no spelling of an account gets a limit of its
+    own. A digest keeps emails out of the table and bounds the key's length.
     """
-    body = request.get_json(silent=True)
-    if isinstance(body, str):
-        # flask-openapi3 also validates a JSON object sent as a JSON string: key it the same way.
-        try:
-            body = json.loads(body)
-        except ValueError:
-            body = None
-    email = body.get("email") if isinstance(body, dict) else None
-    if not isinstance(email, str):
-        return "unknown"
-    return hashlib.sha256(email.strip().lower().encode()).hexdigest()[:32]
+    return "login-account:" + hashlib.sha256(users.normalize_email(email).encode()).hexdigest()[:32]
 
 
-def _failed_login(response: Response) -> bool:
-    return response.status_code == 401
+def _store_broken(exc: psycopg2.Error) -> None:
+    logger.warning("rate limit store unavailable, counting nothing: %s %s", type(exc).__name__, exc.pgcode)
 
 
-def _per_account() -> str:
-    s = current_app.config["SETTINGS"]
-    return f"{s.login_max_failures_per_account} per {s.login_failure_window_seconds} second"
+def _reserve(key: str, limit: int, window: int) -> Slot | None:
+    """Take a slot of `key`'s limit; return it (None when the store is broken).
 
-
-def _per_address() -> str:
-    s = current_app.config["SETTINGS"]
-    return f"{s.login_max_failures_per_address} per {s.login_failure_window_seconds} second"
-
-
-limiter = Limiter(
-    key_func=client_address,
-    storage_uri=STORAGE_URI,
-    strategy="fixed-window",
-    # Any other storage error lets the request through rather than failing it.
-    swallow_errors=True,
-    # X-RateLimit-* headers would cost two queries per reply; the 429 carries Retry-After.
-    headers_enabled=False,
-    default_limits=[],
-)
-
-
-def limit_failed_logins(view: F) -> F:
-    """Refuse a login with 429 once its account or its address has too many recent failures.
-
-    Only replies with status 401 count. Both limits are checked before the view runs.
+    Raises TooManyAttempts when the window already holds `limit`, and the database's
+    errors (503) when it cannot answer.
     """
-    view = limiter.limit(_per_account, key_func=login_account, scope="login-account", deduct_when=_failed_login)(view)
-    view = limiter.limit(_per_address, key_func=client_address, scope="login-address", deduct_when=_failed_login)(view)
-    return view
-
-
-def _retry_after(window_seconds: int) -> int:
-    current = limiter.current_limit
-    if current is None:
-        return window_seconds
     try:
-        ends_at = current.window.reset_time  # epoch seconds (reset_at rounds up a second more)
-    except (DatabaseUnavailable, psycopg2.Error):
-        return window_seconds
-    return min(window_seconds, max(1, math.ceil(ends_at - time.time())))
-
-
-def _too_many_requests(exc: RateLimitExceeded) -> Response:
-    window = current_app.config["SETTINGS"].login_failure_window_seconds
-    return error_response(
-        429,
-        "too_many_requests",
+        if random.randrange(CLEANUP_EVERY) == 0:  # noqa: S311 (spread, not secrecy)
+            execute_write(_CLEANUP)
+        row = execute_write(_RESERVE, {"key": key, "limit": limit, "window": window})
+    except _STORE_BROKEN as exc:
+        _store_broken(exc)
+        return None
+    if row is not None and row["expires_at"] is not None:
+        return Slot(key, row["expires_at"])
+    # Refused; no row means the window was written after this statement's snapshot.
+    retry_after = row["retry_after"] if row is not None else window
+    raise TooManyAttempts(
         "too many failed attempts; wait before trying again",
-        {"limit": str(exc.limit.limit)},
-        headers={"Retry-After": str(_retry_after(window))},
+        details={"limit": f"{limit} per {window} seconds"},
+        headers={"Retry-After": str(min(retry_after, window))},
     )
 
 
-def init_app(app: Flask, blueprint: str) -> None:
-    """Attach the limiter, its hooks running only for `blueprint`'s requests; map its 429 to our shape.
+def _release(slots: list[Slot]) -> None:
+    """Give the slots back; a slot that cannot be given back stays counted until its window ends."""
+    for slot in slots:
+        try:
+            execute_write(_RELEASE, {"key": slot.key, "expires_at": slot.expires_at})
+        except (DatabaseUnavailable, psycopg2.Error) as exc:
+            what = str(exc) if isinstance(exc, DatabaseUnavailable) else f"{type(exc).__name__} {exc.pgcode}"
+            logger.warning("could not give back a login slot, it counts until its window ends: %s", what)
 
-    flask-limiter's request hooks would otherwise run for every request of the app (see
-    compat/flask_limiter.py); only `blueprint` has limited views.
+
+@contextmanager
+def login_attempt(email: str) -> Iterator[None]:
+    """Hold a slot of the address's and the account's failed-login limits while the block checks the password.
+
+    Raises TooManyAttempts (429, Retry-After) before the block runs when either limit is
+    reached. A block that raises Unauthorized (a 401) keeps its slots: a failed login.
+    Any other end of the block gives them back.
     """
-    limiter.init_app(app)
-    move_request_hooks(app, limiter, blueprint)
-    app.register_error_handler(RateLimitExceeded, _too_many_requests)
+    settings = current_app.config["SETTINGS"]
+    window = settings.login_failure_window_seconds
+    limits = (
+        # The address first: a client already past its own limit never touches the account's.
+        ("login-address:" + client_address(), settings.login_max_failures_per_address),
+        (account_key(email), settings.login_max_failures_per_account),
+    )
+    slots: list[Slot] = []
+    try:
+        for key, limit in limits:
+            slot = _reserve(key, limit, window)
+            if slot is not None:
+                slots.append(slot)
+    except BaseException:
+        _release(slots)
+        raise
+    try:
+        yield
+    except Unauthorized:
+        raise
+    except BaseException:
+        _release(slots)
+        raise
+    _release(slots)

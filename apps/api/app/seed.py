@@ -20,6 +20,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 from .auth import hash_password
+from .models import users
 from .models.database import execute_query_one, fetch_all, fetch_one, transaction
 
 logger = logging.getLogger(__name__)
@@ -347,7 +348,7 @@ def seed_demo_if_empty(seed_value: int = 42) -> dict[str, str] | None:
             return None
         cur.execute(
             "INSERT INTO users (email, password_hash, full_name, role) VALUES (%s, %s, %s, 'admin')",
-            (DEMO_ADMIN_EMAIL, hash_password(password), "Demo Admin"),
+            (users.normalize_email(DEMO_ADMIN_EMAIL), hash_password(password), "Demo Admin"),
         )
     seed(**DEMO_COUNTS, seed=seed_value)
     return {"email": DEMO_ADMIN_EMAIL, "password": password}
