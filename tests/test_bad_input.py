@@ -12,7 +12,9 @@ would cost ~0.1 s each); the failure message names the input.
 from __future__ import annotations
 
 import base64
+import datetime
 import json
+from urllib.parse import quote
 
 import pytest
 
@@ -452,6 +454,22 @@ BAD_IDS = {
 }
 
 
+# The number one (eleven for the last) in digits other than ASCII's. Python's `\d` takes all
+# but the superscript, and int() reads them, so werkzeug's int converter (`\d+`) did too;
+# pydantic's integer parsing takes none of them.
+UNICODE_ONES = {
+    "arabic-indic": "\u0661",
+    "extended-arabic-indic": "\u06f1",
+    "devanagari": "\u0967",
+    "bengali": "\u09e7",
+    "thai": "\u0e51",
+    "fullwidth": "\uff11",
+    "mathematical-bold": "\U0001d7cf",
+    "superscript": "\u00b9",
+    "ascii-then-arabic-indic": "1\u0661",
+}
+
+
 def test_path_ids_out_of_range_are_400_or_404_and_write_nothing(client, admin_headers, admin_conn, world):
     before = snapshot(admin_conn)
     for method, path in ID_PATHS:
@@ -462,9 +480,29 @@ def test_path_ids_out_of_range_are_400_or_404_and_write_nothing(client, admin_he
     assert snapshot(admin_conn) == before
 
 
+@pytest.mark.parametrize("one", UNICODE_ONES.values(), ids=UNICODE_ONES.keys())
+def test_path_ids_in_other_digits_match_no_route(
+    client, admin_headers, admin_conn, make_customer, make_product, make_rental, one
+):
+    # Customer, product and rental 1 exist: a route that matched would serve, change or
+    # delete one of them (or answer 409), never 404.
+    customer, product = make_customer(), make_product()
+    rental = make_rental(customer, product, datetime.date(2031, 1, 1), datetime.date(2031, 1, 5))
+    assert customer["id"] == product["id"] == rental["id"] == 1
+    before = snapshot(admin_conn)
+    for method, path in ID_PATHS:
+        body = {"notes": "x"} if "customers" in path else {"name": "x"} if method == "PATCH" else None
+        r = client.open(path.format(one), method=method, json=body, headers=admin_headers)
+        error = assert_error(r, 404, "not_found", context=(method, path, one))
+        assert error["details"] == {}, error
+    assert snapshot(admin_conn) == before
+
+
 # -- limit and cursor --------------------------------------------------------------------
 
 BAD_LIMITS = ["0", "-1", "101", str(INT64_MAX + 1), "9" * 400, "1.5", "ten", "", "1e2", "%00"]
+# Numbers pydantic's lax integer parsing reads as 1 (or 10): a query's numbers are ASCII digits only.
+LOOSE_ONES = ["+1", "%201", "1%20", "1.0", "1_0", "%091"]
 
 
 def test_bad_limits_are_400(client, admin_headers):
@@ -473,6 +511,21 @@ def test_bad_limits_are_400(client, admin_headers):
             r = client.get(f"{path}?limit={limit}", headers=admin_headers)
             error = assert_error(r, 400, "validation_error", context=(path, limit[:20]))
             assert "limit" in error["details"], error
+
+
+@pytest.mark.parametrize("one", [*UNICODE_ONES.values(), *LOOSE_ONES], ids=[*UNICODE_ONES, *LOOSE_ONES])
+def test_query_numbers_are_ascii_digits_only(client, admin_headers, make_customer, make_product, one):
+    make_customer(), make_product()
+    for path, name in [
+        ("/api/customers", "limit"),
+        ("/api/products", "limit"),
+        ("/api/rentals", "limit"),
+        ("/api/rentals", "customer_id"),
+        ("/api/rentals", "product_id"),
+    ]:
+        r = client.get(f"{path}?{name}={quote(one, safe='%')}", headers=admin_headers)
+        error = assert_error(r, 400, "validation_error", context=(path, name, one))
+        assert list(error["details"]) == [name], error
 
 
 def _cursor(value: object) -> str:
@@ -520,6 +573,40 @@ def test_cursor_garbage_is_400(client, admin_headers):
             r = client.get(path, query_string={"cursor": cursor}, headers=admin_headers)
             error = assert_error(r, 400, "validation_error", context=(path, cursor[:60]))
             assert "cursor" in error["details"], error
+
+
+def _raw_cursor(text: str) -> str:
+    return base64.urlsafe_b64encode(text.encode()).rstrip(b"=").decode()
+
+
+@pytest.mark.parametrize("one", UNICODE_ONES.values(), ids=UNICODE_ONES.keys())
+def test_cursors_with_other_digits_are_400(client, admin_headers, make_customer, one):
+    make_customer()
+    for path, cursor in [
+        ("/api/customers", _raw_cursor(f'["customers",{one}]')),  # not a JSON number at all
+        ("/api/customers", _cursor(["customers", one])),
+        ("/api/products", _raw_cursor(f'["products",{one}]')),
+        ("/api/rentals", _cursor(["rentals", f"2031-01-0{one}", 1])),
+        ("/api/rentals", _raw_cursor(f'["rentals","2031-01-01",{one}]')),
+    ]:
+        r = client.get(path, query_string={"cursor": cursor}, headers=admin_headers)
+        error = assert_error(r, 400, "validation_error", context=(path, cursor))
+        assert list(error["details"]) == ["cursor"], error
+
+
+@pytest.mark.parametrize("one", UNICODE_ONES.values(), ids=UNICODE_ONES.keys())
+def test_dates_with_other_digits_are_400(client, admin_headers, world, one):
+    date = f"2031-01-0{one}"
+    r = client.get(f"/api/rentals?from={quote(date)}", headers=admin_headers)
+    assert list(assert_error(r, 400, "validation_error", context=date)["details"]) == ["from"]
+    body = {
+        "customer_id": world["customer"],
+        "product_id": world["product"],
+        "start_date": date,
+        "end_date": "2031-02-01",
+    }
+    r = client.post("/api/rentals", json=body, headers=admin_headers)
+    assert list(assert_error(r, 400, "validation_error", context=date)["details"]) == ["start_date"]
 
 
 def test_unknown_query_parameters_are_400(client, admin_headers):
