@@ -13,10 +13,12 @@ from __future__ import annotations
 
 import base64
 import datetime
+import io
 import json
 from urllib.parse import quote
 
 import pytest
+from werkzeug.test import EnvironBuilder
 
 from tests.helpers import bearer
 
@@ -156,6 +158,56 @@ def test_body_over_max_content_length_is_413_and_writes_nothing(make_app, admin_
     body = json.dumps({"full_name": "Small", "notes": "n" * 1900}).encode()
     assert len(body) < 2048
     assert client.post("/api/customers", data=body, content_type="application/json", headers=headers).status_code == 201
+
+
+class EndlessBody(io.RawIOBase):
+    """A request body that never ends (one more space after `start`, for ever); counts what was read."""
+
+    def __init__(self, start: bytes = b"") -> None:
+        self.start, self.read_bytes = start, 0
+
+    def readable(self) -> bool:
+        """Say yes: this stream is read."""
+        return True
+
+    def readinto(self, buffer) -> int:
+        """Fill `buffer` with the next bytes of the body."""
+        size = len(buffer)
+        data = (self.start[self.read_bytes :] + b" " * size)[:size]
+        buffer[:size] = data
+        self.read_bytes += size
+        return size
+
+
+def call_streamed(app, method: str, path: str, body: io.RawIOBase, headers: dict[str, str]):
+    """Run one request through the whole WSGI app as a server sends a chunked body: no
+    Content-Length, `wsgi.input_terminated` set (gunicorn does); return (status, JSON body)."""
+    environ = EnvironBuilder(path=path, method=method, headers=headers, content_type="application/json").get_environ()
+    environ.pop("CONTENT_LENGTH", None)
+    environ.update({"wsgi.input": body, "wsgi.input_terminated": True, "HTTP_TRANSFER_ENCODING": "chunked"})
+    status: list[str] = []
+    reply = b"".join(app(environ, lambda line, _headers, _exc=None: status.append(line)))
+    return int(status[0][:3]), json.loads(reply)
+
+
+def test_a_chunked_body_over_max_content_length_is_413_and_read_no_further(
+    make_app, admin_user, admin_conn, body_endpoints
+):
+    # werkzeug stops reading a body without Content-Length at MAX_CONTENT_LENGTH and hands
+    # over what it read: the JSON was cut off, and the reply was 400 invalid_json.
+    app = make_app(MAX_CONTENT_LENGTH=2048)
+    headers = bearer(app, admin_user)
+    before = snapshot(admin_conn)
+    for method, path, body in [*body_endpoints, ("POST", "/api/auth/login", {"email": "a@b.co", "password": "x"})]:
+        endless = EndlessBody(json.dumps(body).encode())
+        status, reply = call_streamed(app, method, path, endless, headers)
+        assert (status, reply.get("error", {}).get("code")) == (413, "payload_too_large"), (method, path, reply)
+        assert endless.read_bytes <= 2048 + 1, (method, path, endless.read_bytes)
+    assert snapshot(admin_conn) == before
+    # A chunked body of exactly the limit is read whole and served, as with Content-Length.
+    exact = json.dumps({"full_name": "Exactly at the limit"}).encode().ljust(2048)
+    status, reply = call_streamed(app, "POST", "/api/customers", io.BytesIO(exact), headers)
+    assert (status, reply["full_name"]) == (201, "Exactly at the limit"), reply
 
 
 # -- fields ------------------------------------------------------------------------------
