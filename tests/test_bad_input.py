@@ -12,9 +12,13 @@ would cost ~0.1 s each); the failure message names the input.
 from __future__ import annotations
 
 import base64
+import datetime
+import io
 import json
+from urllib.parse import quote
 
 import pytest
+from werkzeug.test import EnvironBuilder
 
 from tests.helpers import bearer
 
@@ -154,6 +158,56 @@ def test_body_over_max_content_length_is_413_and_writes_nothing(make_app, admin_
     body = json.dumps({"full_name": "Small", "notes": "n" * 1900}).encode()
     assert len(body) < 2048
     assert client.post("/api/customers", data=body, content_type="application/json", headers=headers).status_code == 201
+
+
+class EndlessBody(io.RawIOBase):
+    """A request body that never ends (one more space after `start`, for ever); counts what was read."""
+
+    def __init__(self, start: bytes = b"") -> None:
+        self.start, self.read_bytes = start, 0
+
+    def readable(self) -> bool:
+        """Say yes: this stream is read."""
+        return True
+
+    def readinto(self, buffer) -> int:
+        """Fill `buffer` with the next bytes of the body."""
+        size = len(buffer)
+        data = (self.start[self.read_bytes :] + b" " * size)[:size]
+        buffer[:size] = data
+        self.read_bytes += size
+        return size
+
+
+def call_streamed(app, method: str, path: str, body: io.RawIOBase, headers: dict[str, str]):
+    """Run one request through the whole WSGI app as a server sends a chunked body: no
+    Content-Length, `wsgi.input_terminated` set (gunicorn does); return (status, JSON body)."""
+    environ = EnvironBuilder(path=path, method=method, headers=headers, content_type="application/json").get_environ()
+    environ.pop("CONTENT_LENGTH", None)
+    environ.update({"wsgi.input": body, "wsgi.input_terminated": True, "HTTP_TRANSFER_ENCODING": "chunked"})
+    status: list[str] = []
+    reply = b"".join(app(environ, lambda line, _headers, _exc=None: status.append(line)))
+    return int(status[0][:3]), json.loads(reply)
+
+
+def test_a_chunked_body_over_max_content_length_is_413_and_read_no_further(
+    make_app, admin_user, admin_conn, body_endpoints
+):
+    # werkzeug stops reading a body without Content-Length at MAX_CONTENT_LENGTH and hands
+    # over what it read: the JSON was cut off, and the reply was 400 invalid_json.
+    app = make_app(MAX_CONTENT_LENGTH=2048)
+    headers = bearer(app, admin_user)
+    before = snapshot(admin_conn)
+    for method, path, body in [*body_endpoints, ("POST", "/api/auth/login", {"email": "a@b.co", "password": "x"})]:
+        endless = EndlessBody(json.dumps(body).encode())
+        status, reply = call_streamed(app, method, path, endless, headers)
+        assert (status, reply.get("error", {}).get("code")) == (413, "payload_too_large"), (method, path, reply)
+        assert endless.read_bytes <= 2048 + 1, (method, path, endless.read_bytes)
+    assert snapshot(admin_conn) == before
+    # A chunked body of exactly the limit is read whole and served, as with Content-Length.
+    exact = json.dumps({"full_name": "Exactly at the limit"}).encode().ljust(2048)
+    status, reply = call_streamed(app, "POST", "/api/customers", io.BytesIO(exact), headers)
+    assert (status, reply["full_name"]) == (201, "Exactly at the limit"), reply
 
 
 # -- fields ------------------------------------------------------------------------------
@@ -452,6 +506,22 @@ BAD_IDS = {
 }
 
 
+# The number one (eleven for the last) in digits other than ASCII's. Python's `\d` takes all
+# but the superscript, and int() reads them, so werkzeug's int converter (`\d+`) did too;
+# pydantic's integer parsing takes none of them.
+UNICODE_ONES = {
+    "arabic-indic": "\u0661",
+    "extended-arabic-indic": "\u06f1",
+    "devanagari": "\u0967",
+    "bengali": "\u09e7",
+    "thai": "\u0e51",
+    "fullwidth": "\uff11",
+    "mathematical-bold": "\U0001d7cf",
+    "superscript": "\u00b9",
+    "ascii-then-arabic-indic": "1\u0661",
+}
+
+
 def test_path_ids_out_of_range_are_400_or_404_and_write_nothing(client, admin_headers, admin_conn, world):
     before = snapshot(admin_conn)
     for method, path in ID_PATHS:
@@ -462,9 +532,29 @@ def test_path_ids_out_of_range_are_400_or_404_and_write_nothing(client, admin_he
     assert snapshot(admin_conn) == before
 
 
+@pytest.mark.parametrize("one", UNICODE_ONES.values(), ids=UNICODE_ONES.keys())
+def test_path_ids_in_other_digits_match_no_route(
+    client, admin_headers, admin_conn, make_customer, make_product, make_rental, one
+):
+    # Customer, product and rental 1 exist: a route that matched would serve, change or
+    # delete one of them (or answer 409), never 404.
+    customer, product = make_customer(), make_product()
+    rental = make_rental(customer, product, datetime.date(2031, 1, 1), datetime.date(2031, 1, 5))
+    assert customer["id"] == product["id"] == rental["id"] == 1
+    before = snapshot(admin_conn)
+    for method, path in ID_PATHS:
+        body = {"notes": "x"} if "customers" in path else {"name": "x"} if method == "PATCH" else None
+        r = client.open(path.format(one), method=method, json=body, headers=admin_headers)
+        error = assert_error(r, 404, "not_found", context=(method, path, one))
+        assert error["details"] == {}, error
+    assert snapshot(admin_conn) == before
+
+
 # -- limit and cursor --------------------------------------------------------------------
 
 BAD_LIMITS = ["0", "-1", "101", str(INT64_MAX + 1), "9" * 400, "1.5", "ten", "", "1e2", "%00"]
+# Numbers pydantic's lax integer parsing reads as 1 (or 10): a query's numbers are ASCII digits only.
+LOOSE_ONES = ["+1", "%201", "1%20", "1.0", "1_0", "%091"]
 
 
 def test_bad_limits_are_400(client, admin_headers):
@@ -473,6 +563,21 @@ def test_bad_limits_are_400(client, admin_headers):
             r = client.get(f"{path}?limit={limit}", headers=admin_headers)
             error = assert_error(r, 400, "validation_error", context=(path, limit[:20]))
             assert "limit" in error["details"], error
+
+
+@pytest.mark.parametrize("one", [*UNICODE_ONES.values(), *LOOSE_ONES], ids=[*UNICODE_ONES, *LOOSE_ONES])
+def test_query_numbers_are_ascii_digits_only(client, admin_headers, make_customer, make_product, one):
+    make_customer(), make_product()
+    for path, name in [
+        ("/api/customers", "limit"),
+        ("/api/products", "limit"),
+        ("/api/rentals", "limit"),
+        ("/api/rentals", "customer_id"),
+        ("/api/rentals", "product_id"),
+    ]:
+        r = client.get(f"{path}?{name}={quote(one, safe='%')}", headers=admin_headers)
+        error = assert_error(r, 400, "validation_error", context=(path, name, one))
+        assert list(error["details"]) == [name], error
 
 
 def _cursor(value: object) -> str:
@@ -520,6 +625,40 @@ def test_cursor_garbage_is_400(client, admin_headers):
             r = client.get(path, query_string={"cursor": cursor}, headers=admin_headers)
             error = assert_error(r, 400, "validation_error", context=(path, cursor[:60]))
             assert "cursor" in error["details"], error
+
+
+def _raw_cursor(text: str) -> str:
+    return base64.urlsafe_b64encode(text.encode()).rstrip(b"=").decode()
+
+
+@pytest.mark.parametrize("one", UNICODE_ONES.values(), ids=UNICODE_ONES.keys())
+def test_cursors_with_other_digits_are_400(client, admin_headers, make_customer, one):
+    make_customer()
+    for path, cursor in [
+        ("/api/customers", _raw_cursor(f'["customers",{one}]')),  # not a JSON number at all
+        ("/api/customers", _cursor(["customers", one])),
+        ("/api/products", _raw_cursor(f'["products",{one}]')),
+        ("/api/rentals", _cursor(["rentals", f"2031-01-0{one}", 1])),
+        ("/api/rentals", _raw_cursor(f'["rentals","2031-01-01",{one}]')),
+    ]:
+        r = client.get(path, query_string={"cursor": cursor}, headers=admin_headers)
+        error = assert_error(r, 400, "validation_error", context=(path, cursor))
+        assert list(error["details"]) == ["cursor"], error
+
+
+@pytest.mark.parametrize("one", UNICODE_ONES.values(), ids=UNICODE_ONES.keys())
+def test_dates_with_other_digits_are_400(client, admin_headers, world, one):
+    date = f"2031-01-0{one}"
+    r = client.get(f"/api/rentals?from={quote(date)}", headers=admin_headers)
+    assert list(assert_error(r, 400, "validation_error", context=date)["details"]) == ["from"]
+    body = {
+        "customer_id": world["customer"],
+        "product_id": world["product"],
+        "start_date": date,
+        "end_date": "2031-02-01",
+    }
+    r = client.post("/api/rentals", json=body, headers=admin_headers)
+    assert list(assert_error(r, 400, "validation_error", context=date)["details"]) == ["start_date"]
 
 
 def test_unknown_query_parameters_are_400(client, admin_headers):

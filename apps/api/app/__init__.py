@@ -12,6 +12,7 @@ from .config import load_settings, settings_as_flask_config
 from .models import database
 from .routes import auth as auth_routes
 from .routes import customers, dashboard, health, metrics, products, rentals
+from .routes.common import AsciiIntConverter
 from .serialization import APIJSONProvider, NoSessionInterface
 
 
@@ -34,6 +35,8 @@ def create_app(config: Mapping[str, str] | None = None) -> Flask:
     errors.register_error_handlers(app)
     security.init_app(app, settings)
     middleware.init_app(app, settings)
+    # Before any rule is added: each rule takes its converters from the map when added.
+    app.url_map.converters["int"] = AsciiIntConverter
     app.register_blueprint(health.bp)
     app.register_blueprint(metrics.bp)
     auth.init_app(app)

@@ -34,7 +34,9 @@ from .compat.flask_openapi3 import cached_json_schema
 MAX_ID = 2**63 - 1
 MAX_RENTAL_DAYS = 366
 RENTAL_STATUSES = ("reserved", "active", "returned", "cancelled")
-_ISO_DATE = re.compile(r"^\d{4}-\d{2}-\d{2}$")
+# [0-9], not \d: \d also takes every other script's digits (Arabic-Indic, fullwidth, ...).
+_ISO_DATE = re.compile(r"^[0-9]{4}-[0-9]{2}-[0-9]{2}$")
+_ASCII_DIGITS = re.compile(r"^[0-9]+$")
 
 
 def _iso_date(value: Any) -> Any:
@@ -43,6 +45,13 @@ def _iso_date(value: Any) -> Any:
         raise ValueError("use an ISO date, YYYY-MM-DD")
     if not isinstance(value, str | datetime.date):
         raise ValueError("use an ISO date, YYYY-MM-DD")
+    return value
+
+
+def _ascii_digits(value: Any) -> Any:
+    """Accept a number in a URL or query only as ASCII digits (pydantic would also read " 1", "+1", "1_0", "1.0")."""
+    if isinstance(value, str) and not _ASCII_DIGITS.match(value):
+        raise ValueError("use a whole number written with the digits 0-9")
     return value
 
 
@@ -70,8 +79,9 @@ NoNul = (AfterValidator(_no_nul), Field(json_schema_extra={"pattern": "^[^\\x00]
 
 ISODate = Annotated[datetime.date, BeforeValidator(_iso_date)]
 Id = Annotated[StrictInt, Field(ge=1, le=MAX_ID)]
-# An id in a URL or a query string: text by nature, so parsed.
-UrlId = Annotated[int, Field(ge=1, le=MAX_ID)]
+# An id in a URL or a query string: text by nature, so parsed, from ASCII digits only (the
+# path's int converter already takes only those: routes/common.py).
+UrlId = Annotated[int, Field(ge=1, le=MAX_ID), BeforeValidator(_ascii_digits)]
 FullName = Annotated[StrictStr, StringConstraints(strip_whitespace=True, min_length=1, max_length=200), *NoNul]
 Email = Annotated[
     StrictStr,
@@ -97,7 +107,7 @@ RateCents = Annotated[StrictInt, Field(gt=0, le=100_000_000, description="daily 
 DepositCents = Annotated[StrictInt, Field(ge=0, le=1_000_000_000, description="deposit in cents")]
 Status = Literal["reserved", "active", "returned", "cancelled"]
 Search = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=100), *NoNul]
-Limit = Annotated[int, Field(ge=1, le=100, description="items per page, at most 100")]
+Limit = Annotated[int, Field(ge=1, le=100, description="items per page, at most 100"), BeforeValidator(_ascii_digits)]
 Cursor = Annotated[str, Field(max_length=500, description="next_cursor of the previous page")]
 
 

@@ -1,4 +1,4 @@
-"""HTTP hardening: security headers on every reply, CORS for configured origins, the client address behind proxies.
+"""HTTP hardening: security headers, body limits, CORS for configured origins, the client address behind proxies.
 
 Every reply gets the same precomputed headers, appended by the request middleware
 (middleware.py) to the list handed to the server: nosniff, no framing, no referrer, a
@@ -11,14 +11,21 @@ Access-Control-Allow-Origin with that origin (or `*` when CORS_ORIGINS is `*`, w
 configuration refuses together with credentials), and its preflight is answered before
 authentication. Tokens travel in the Authorization header, so browsers need no cookies:
 CORS_ALLOW_CREDENTIALS stays false unless a front end needs it.
+
+A body larger than MAX_CONTENT_LENGTH gets 413 whether it announces its length or comes
+chunked, and no more than one byte past the limit is read.
 """
 
 from __future__ import annotations
 
+import io
 from collections.abc import Callable
+from typing import IO
 
-from flask import Flask, Response, request
+from flask import Flask, Request, Response, request
+from werkzeug.exceptions import RequestEntityTooLarge
 from werkzeug.middleware.proxy_fix import ProxyFix
+from werkzeug.utils import cached_property
 
 from .config import Settings
 
@@ -94,12 +101,62 @@ def _cors_hook(cors: Cors) -> Callable[[Response], Response]:
     return add_cors_headers
 
 
+class _CappedBody(io.RawIOBase):
+    """A request body of unannounced length, read up to `limit` bytes: a byte more is a 413."""
+
+    def __init__(self, stream: IO[bytes], limit: int) -> None:
+        self._stream = stream
+        self._left = limit
+
+    def readable(self) -> bool:
+        """Say yes: a request body is read."""
+        return True
+
+    def readinto(self, buffer: bytearray | memoryview) -> int:  # type: ignore[override]
+        """Read the next bytes into `buffer`; raise RequestEntityTooLarge once past the limit."""
+        if self._left < 0:
+            raise RequestEntityTooLarge()
+        # Asking for one byte more than is left tells a body that ends at the limit from
+        # one that goes on, without reading any further than that byte.
+        data = self._stream.read(min(len(buffer), self._left + 1))
+        self._left -= len(data)
+        if self._left < 0:
+            raise RequestEntityTooLarge()
+        buffer[: len(data)] = data
+        return len(data)
+
+
+class BodyLimitedRequest(Request):
+    """Flask's request, whose body without Content-Length (chunked) gets 413 past MAX_CONTENT_LENGTH.
+
+    werkzeug reads such a body (when the server sets `wsgi.input_terminated`, as gunicorn
+    does) up to max_content_length and hands over what it read without looking for more:
+    an oversized body was cut off silently, then refused as broken JSON, or served when
+    its first MAX_CONTENT_LENGTH bytes happened to be a whole document. A body that
+    announces its length is refused by werkzeug before it is read, as before.
+    """
+
+    @cached_property
+    def stream(self) -> IO[bytes]:
+        """Return the body's stream; one of unannounced length raises 413 a byte past the limit."""
+        limit = self.max_content_length
+        if (
+            limit is not None
+            and self.content_length is None
+            and "wsgi.input_terminated" in self.environ
+            and not self.shallow
+        ):
+            return _CappedBody(self.environ["wsgi.input"], limit)
+        return super().stream
+
+
 def init_app(app: Flask, settings: Settings) -> None:
-    """Answer CORS for the configured origins; trust TRUSTED_PROXIES proxies.
+    """Limit bodies however they are sent; answer CORS for the configured origins; trust TRUSTED_PROXIES proxies.
 
     The security headers are added to every reply by the request middleware
     (middleware.py), with the request id.
     """
+    app.request_class = BodyLimitedRequest
     if settings.cors_origins:
         cors = Cors(settings)
         app.before_request(cors.answer_preflight)
