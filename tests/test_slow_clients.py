@@ -1,9 +1,12 @@
-"""Slow clients against the real server (issue 11, finding 1).
+"""Slow clients against the real server (issue 11, findings 1 and 8).
 
 Hundreds of connections that send a request a byte or a header line at a time, or take a
 reply and never hang up, must not stop anyone else: /api/health and a domain read answer
 within a second throughout, each slow connection is cut off within the request-read
 deadline (HTTP_REQUEST_READ_TIMEOUT_SECONDS) plus a margin, and no worker is restarted.
+Requests the server itself refuses (malformed, over a limit) get the API's JSON error
+shape with its security headers, like every reply of the app.
+
 The server is a fixture parametrised over how to start one, so another server (granian)
 can be put through the same tests by adding it to SERVERS.
 """
@@ -17,6 +20,7 @@ from dataclasses import dataclass, field
 
 import pytest
 
+from apps.api.app.security import SECURITY_HEADERS
 from tests.support.gunicorn import start_gunicorn, stop_gunicorn, worker_pids
 from tests.support.slow_clients import (
     Prober,
@@ -24,6 +28,8 @@ from tests.support.slow_clients import (
     SlowConnection,
     header_line,
     one_byte,
+    parse_reply,
+    raw_exchange,
     slow_attack,
 )
 
@@ -150,3 +156,58 @@ def test_two_hundred_clients_that_never_hang_up_do_not_stall_the_server(server, 
     _record(record_property, replies, attack.connections)
     _assert_answered_in_time(replies)
     assert [c.status for c in attack.connections] == [200] * SLOW_CLIENTS
+
+
+# -- the server's own refusals: the API's JSON shape and headers (finding 8) --------------
+
+_HEAD = b"Host: x\r\n"
+REFUSED = {
+    "request line over limit_request_line": (b"GET /" + b"a" * 5000 + b" HTTP/1.1\r\n" + _HEAD + b"\r\n", 414),
+    "Content-Length and Transfer-Encoding": (
+        b"POST /api/customers HTTP/1.1\r\n" + _HEAD + b"Content-Length: 2\r\nTransfer-Encoding: chunked\r\n\r\n{}",
+        400,
+    ),
+    "invalid header name": (b"GET /api/health HTTP/1.1\r\n" + _HEAD + b"Bad Name: y\r\n\r\n", 400),
+    "too many headers": (
+        b"GET /api/health HTTP/1.1\r\n" + b"".join(b"X-%d: y\r\n" % n for n in range(120)) + b"\r\n",
+        431,
+    ),
+    "a head that never ends, over the header limits": (
+        b"GET /api/health HTTP/1.1\r\n" + b"X-Big: " + b"y" * 8000 + b"\r\n" + b"X-More: " + b"y" * 900_000,
+        431,
+    ),
+    "unknown transfer coding": (
+        b"POST /api/customers HTTP/1.1\r\n" + _HEAD + b"Transfer-Encoding: zip\r\n\r\n",
+        501,
+    ),
+    # The login reads its body before any check: gunicorn's reader failing inside the app was a 500.
+    "malformed chunk size": (
+        b"POST /api/auth/login HTTP/1.1\r\n" + _HEAD + b"Content-Type: application/json\r\n"
+        b"Transfer-Encoding: chunked\r\n\r\nzz\r\n{}\r\n0\r\n\r\n",
+        400,
+    ),
+    "forbidden trailer": (
+        b"POST /api/auth/login HTTP/1.1\r\n" + _HEAD + b"Content-Type: application/json\r\n"
+        b"Transfer-Encoding: chunked\r\n\r\n2\r\n{}\r\n0\r\nContent-Length: 5\r\n\r\n",
+        400,
+    ),
+}
+
+
+def test_requests_the_server_refuses_get_the_json_error_shape_and_security_headers(server):
+    seen = {}
+    for name, (request, _) in REFUSED.items():
+        raw, closed = raw_exchange(server.port, request)
+        status, headers, body = parse_reply(raw)
+        document = json.loads(body) if headers.get("content-type") == "application/json" else None
+        seen[name] = {
+            "status": status,
+            "shape": sorted(document["error"]) if document else body[:80],
+            "security headers": all(headers.get(h.lower()) == v for h, v in SECURITY_HEADERS),
+            "closed": closed and headers.get("connection") == "close",
+        }
+    expected = {
+        name: {"status": status, "shape": ["code", "details", "message"], "security headers": True, "closed": True}
+        for name, (_, status) in REFUSED.items()
+    }
+    assert seen == expected

@@ -13,7 +13,8 @@ with gunicorn's own parser reading those bytes from memory, so a thread never bl
 client. A connection that has not delivered a whole request `read_timeout` seconds
 (HTTP_REQUEST_READ_TIMEOUT_SECONDS) after the server started waiting for it is cut off,
 with a 408 when it had started one. Connections are closed without the main loop waiting
-on the client.
+on the client, and the requests gunicorn refuses (malformed, over its limits) get the
+API's JSON error shape and security headers instead of gunicorn's HTML page (finding 8).
 
 Everything else is gunicorn's: keep-alive, the graceful stop on SIGTERM, max_requests,
 reuse_port, the worker's signal handlers. gunicorn.conf.py selects it with
@@ -37,6 +38,7 @@ from http import HTTPStatus
 from typing import Any
 
 from gunicorn.config import Config
+from gunicorn.http import errors as http_errors
 from gunicorn.workers.gthread import TConn, ThreadWorker
 
 from apps.api.app.compat import gunicorn as compat
@@ -213,6 +215,59 @@ def _send_now(sock: socket.socket, data: bytes) -> None:
         sock.send(data)
 
 
+# gunicorn's refusals (gunicorn.workers.base.Worker.handle_error) in the API's words, first match wins.
+_REFUSALS: tuple[tuple[type[BaseException] | tuple[type[BaseException], ...], int, str, str], ...] = (
+    (
+        (http_errors.InvalidResponseHeader, http_errors.InvalidResponseHeaderName, http_errors.ConfigurationProblem),
+        500,
+        "internal_error",
+        "the server failed to handle this request",
+    ),
+    (http_errors.LimitRequestLine, 414, "uri_too_long", "the request line is longer than {line_limit} bytes"),
+    (
+        http_errors.LimitRequestHeaders,
+        431,
+        "request_header_fields_too_large",
+        "the request has too many headers, or too large ones",
+    ),
+    (
+        http_errors.UnsupportedTransferCoding,
+        501,
+        "not_implemented",
+        "this Transfer-Encoding is not supported; send the body with Content-Length or chunked",
+    ),
+    (http_errors.ExpectationFailed, 417, "expectation_failed", "the only expectation supported is 100-continue"),
+    (http_errors.ForbiddenProxyRequest, 403, "forbidden", "requests from this proxy are not allowed"),
+    (
+        (http_errors.InvalidChunkSize, http_errors.ChunkMissingTerminator, http_errors.InvalidChunkExtension),
+        400,
+        "bad_request",
+        "the chunked body is malformed",
+    ),
+    (
+        (http_errors.InvalidHeader, http_errors.InvalidHeaderName, http_errors.ObsoleteFolding),
+        400,
+        "bad_request",
+        "a header is malformed or repeated, or Content-Length and Transfer-Encoding contradict each other",
+    ),
+    (
+        (http_errors.InvalidRequestLine, http_errors.InvalidRequestMethod, http_errors.InvalidHTTPVersion),
+        400,
+        "bad_request",
+        "the request line is not valid HTTP/1.1",
+    ),
+    (http_errors.ParseException, 400, "bad_request", "the request is not valid HTTP/1.1"),
+)
+
+
+def _refusal(exc: BaseException) -> tuple[int, str, str]:
+    """Return the status, code and message that answer `exc`; anything unknown is a 500."""
+    for kinds, status, code, message in _REFUSALS:
+        if isinstance(exc, kinds):
+            return status, code, message
+    return 500, "internal_error", "the server failed to handle this request"
+
+
 def unsupported_settings(cfg: Config) -> list[str]:
     """Return a sentence for each gunicorn setting this worker cannot serve safely."""
     problems = []
@@ -358,7 +413,22 @@ class RequestBufferingWorker(ThreadWorker):
         compat.skip_continue(req)  # the main loop sent 100 Continue if it wanted the body
         if not conn.whole:
             req.force_close()
+        elif compat.is_chunked(req):
+            # Decoded here, a malformed chunk or trailer is a 400 from handle_error, not an
+            # exception inside the app.
+            compat.decode_chunked_body(req)
         return super().handle_request(req, conn)
+
+    def handle_error(self, req: Any, client: socket.socket, addr: Any, exc: BaseException) -> None:
+        """Answer a request gunicorn refused, or one that failed outside the app, in the API's error shape."""
+        status, code, message = _refusal(exc)
+        host = addr[0] if isinstance(addr, tuple) else str(addr or "")
+        if status == 500:
+            self.log.exception("error handling a request from %s", host)
+        else:
+            self.log.info("refused a request from %s: %d (%s)", host, status, type(exc).__name__)
+        message = message.format(line_limit=compat.head_limits(self.cfg)[0])
+        _send_now(client, self._error_reply(status, code, message))
 
     def _error_reply(self, status: int, code: str, message: str) -> bytes:
         """Return a whole HTTP reply in the API's error shape, with the security headers, that closes."""

@@ -2,8 +2,8 @@
 
 gunicorn documents custom worker classes (`worker_class`) as its extension point; the
 worker subclasses the gthread worker and overrides the methods its main loop calls
-(`accept`, `on_client_socket_readable`, `finish_request`, `murder_pending`) and the one a
-thread runs (`handle_request`), and it uses the attributes they share
+(`accept`, `on_client_socket_readable`, `finish_request`, `murder_pending`) and the ones a
+thread runs (`handle_request`, `handle_error`), and it uses the attributes they share
 (`poller`, `keepalived_conns`, `nr_conns`, a connection's `parser` and `data_ready`). Below
 are the few places it reaches further in, one function each:
 
@@ -13,13 +13,16 @@ are the few places it reaches further in, one function each:
 - what the parser read beyond the request (a pipelined next request) is taken back;
 - the parser's head limits, computed as the parser computes them, so the main loop stops
   buffering exactly where the parser would refuse;
-- `Expect: 100-continue` is answered by the main loop, so gunicorn must not answer again.
+- `Expect: 100-continue` is answered by the main loop, so gunicorn must not answer again;
+- a chunked body is decoded by gunicorn's reader before the app runs, so a malformed one
+  is a 400 from the worker rather than an exception inside the app.
 
 `verify()` checks each against the installed release by using it.
 """
 
 from __future__ import annotations
 
+import inspect
 import logging
 import socket
 from collections.abc import Iterable
@@ -27,7 +30,8 @@ from typing import Any
 
 from gunicorn import http
 from gunicorn.config import Config
-from gunicorn.http.errors import LimitRequestHeaders
+from gunicorn.http.body import Body, ChunkedReader
+from gunicorn.http.errors import InvalidChunkSize, LimitRequestHeaders
 from gunicorn.http.message import DEFAULT_MAX_HEADERFIELD_SIZE, MAX_HEADERS, MAX_REQUEST_LINE
 from gunicorn.workers import gthread
 
@@ -46,6 +50,7 @@ THREAD_WORKER_METHODS = (
     "murder_pending",
     "handle",
     "handle_request",
+    "handle_error",
     "set_accept_enabled",
 )
 THREAD_WORKER_ATTRIBUTES = ("poller", "keepalived_conns", "nr_conns", "max_keepalived", "tpool", "alive")
@@ -53,6 +58,20 @@ CONNECTION_ATTRIBUTES = ("sock", "client", "parser", "data_ready", "initialized"
 
 # How long a stopping gthread worker keeps an idle connection open for a request already on its way.
 STOP_LINGER = gthread.STOP_KEEPALIVE_LINGER
+
+
+class _BytesReader:
+    """A body reader over bytes already decoded."""
+
+    def __init__(self, data: bytes) -> None:
+        self._data = memoryview(data)
+        self._pos = 0
+
+    def read(self, size: int) -> bytes:
+        """Return up to `size` more bytes."""
+        chunk = self._data[self._pos : self._pos + size].tobytes()
+        self._pos += len(chunk)
+        return chunk
 
 
 class ParserFeed:
@@ -122,10 +141,27 @@ def skip_continue(request: Any) -> None:
     request._expected_100_continue = False
 
 
+def is_chunked(request: Any) -> bool:
+    """Return True when the request's body is chunked."""
+    return isinstance(request.body.reader, ChunkedReader)
+
+
+def decode_chunked_body(request: Any) -> None:
+    """Read the request's chunked body through gunicorn's reader (from memory) and keep it decoded.
+
+    Raises gunicorn's parse errors (InvalidChunkSize, InvalidHeaderName in a trailer, ...)
+    before the app runs, where they become a 400.
+    """
+    data = request.body.read()
+    request.body = Body(_BytesReader(data))
+
+
 def verify() -> None:
     """Raise IncompatibleVersion unless what the worker relies on is there and behaves as relied on."""
     for name in THREAD_WORKER_METHODS:
         require(callable(getattr(gthread.ThreadWorker, name, None)), DISTRIBUTION, f"ThreadWorker.{name}")
+    parameters = list(inspect.signature(gthread.ThreadWorker.handle_error).parameters)
+    require(parameters == ["self", "req", "client", "addr", "exc"], DISTRIBUTION, "handle_error(req, client, addr)")
     cfg = Config()
     # Any logger: the worker only keeps it (gunicorn's Logger would reconfigure gunicorn.error).
     worker = gthread.ThreadWorker(1, 0, [], None, 30, cfg, logging.getLogger(__name__))
@@ -154,6 +190,8 @@ def _verify_parser(cfg: Config) -> None:
     request = next(parser)
     require(getattr(request, "_expected_100_continue", None) is True, DISTRIBUTION, "Request._expected_100_continue")
     skip_continue(request)
+    require(is_chunked(request), DISTRIBUTION, "a ChunkedReader for chunked bodies")
+    decode_chunked_body(request)
     require(request.body.read() == b"ok", DISTRIBUTION, "a chunked body read through Body.read()")
     require(parser.finish_body(), DISTRIBUTION, "Parser.finish_body()")
     require(take_unparsed(parser) + feed.rest() == b"GET", DISTRIBUTION, "read-ahead in Unreader.take_buffered()")
@@ -171,3 +209,11 @@ def _verify_parser(cfg: Config) -> None:
         pass
     else:
         require(False, DISTRIBUTION, "LimitRequestHeaders for a header section over max_buffer_headers")
+    bad = b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n"
+    request = next(request_parser(cfg, iter([bad]), None))
+    try:
+        decode_chunked_body(request)
+    except InvalidChunkSize:
+        pass
+    else:
+        require(False, DISTRIBUTION, "InvalidChunkSize for a malformed chunk size")
