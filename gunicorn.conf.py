@@ -26,6 +26,8 @@ from gunicorn import glogging  # noqa: E402
 from apps.api.app.capacity import Budget  # noqa: E402 (after the metrics folder is set)
 from apps.api.app.config import load_settings  # noqa: E402
 from apps.api.app.logs import logging_config  # noqa: E402
+from apps.api.app.security import reply_headers  # noqa: E402
+from apps.api.server.worker import RequestBufferingWorker  # noqa: E402
 
 _settings = load_settings()
 logger = logging.getLogger("gunicorn.error")
@@ -51,7 +53,15 @@ reuse_port = True
 #   workers - WEB_CONCURRENCY processes, each with its own connection pool; 2 to 4 per
 #             core. workers x DB_POOL_MAX_CONNECTIONS (x hosts) must fit the server's
 #             max_connections.
-#   worker_class - gthread: each worker serves `threads` requests at once.
+#   worker_class - gthread (each worker serves `threads` requests at once), except that the
+#                  worker's main loop reads each request in full, with non-blocking reads,
+#                  before a thread serves it (apps/api/server/worker.py): a client that sends
+#                  its request a byte at a time holds no thread, and one that has not sent a
+#                  whole request (head, and a body up to MAX_CONTENT_LENGTH) within
+#                  HTTP_REQUEST_READ_TIMEOUT_SECONDS (10 s; 5 to 60) is cut off with a 408.
+#                  Requests gunicorn refuses (malformed, over the limit_request_* limits) get
+#                  the API's JSON error shape and security headers. No TLS, HTTP/2 or PROXY
+#                  protocol in gunicorn with it: those belong to a proxy in front.
 #   threads - GUNICORN_THREADS; a thread holds at most one connection, so more threads
 #             than DB_POOL_MAX_CONNECTIONS only makes requests wait (refused below).
 #   timeout - seconds a worker may stay silent before the master kills it; above
@@ -64,7 +74,11 @@ reuse_port = True
 #                  and reopens its pool, so this is high: minutes, not seconds, under load.
 
 workers = _settings.web_concurrency
-worker_class = "gthread"
+worker_class = RequestBufferingWorker.configured(
+    read_timeout=_settings.http_request_read_timeout_seconds,
+    max_body_bytes=_settings.max_content_length,
+    reply_headers=reply_headers(_settings),
+)
 threads = _settings.gunicorn_threads
 timeout = 60
 graceful_timeout = 30

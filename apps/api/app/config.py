@@ -455,6 +455,15 @@ class Settings(BaseSettings):
             "`json` in production and preprod, `text` elsewhere",
         ),
     ] = ""
+    http_request_read_timeout_seconds: Annotated[
+        float,
+        Seconds(),
+        Doc(
+            SERVER,
+            "seconds a client has to send a whole request (head and body); a slower one is cut off with 408,"
+            " and holds no thread meanwhile",
+        ),
+    ] = 10
     max_content_length: Annotated[int, Whole(1, unit="bytes"), Doc(HTTP, "larger request bodies get 413")] = 1024 * 1024
     token_ttl_seconds: Annotated[int, Whole(60, unit="s"), Doc(HTTP, "login token lifetime")] = 3600
     dashboard_cache_seconds: Annotated[

@@ -88,11 +88,16 @@ class Unprocessable(APIError):
     code = "unprocessable"
 
 
+def error_document(code: str, message: str, details: Any = None) -> dict[str, Any]:
+    """Return the one error shape, `{"error": {"code", "message", "details"}}`, as a dict."""
+    return {"error": {"code": code, "message": message, "details": details if details is not None else {}}}
+
+
 def error_response(
     status: int, code: str, message: str, details: Any = None, headers: dict[str, str] | None = None
 ) -> Response:
     """Return the one JSON error shape with its status and headers."""
-    response = jsonify({"error": {"code": code, "message": message, "details": details if details is not None else {}}})
+    response = jsonify(error_document(code, message, details))
     response.status_code = status
     for name, value in (headers or {}).items():
         response.headers[name] = value

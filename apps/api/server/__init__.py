@@ -1,0 +1,1 @@
+"""The serving layer: what runs the app under gunicorn, outside the Flask app package."""
