@@ -8,7 +8,8 @@ main loop, up to 2 s for each client to hang up. (Issue 11, finding 1.)
 
 RequestBufferingWorker reads each request in its main loop, with non-blocking reads, until
 the whole request is there: the head, and a body declared up to `max_body_bytes` (the
-app's MAX_CONTENT_LENGTH) by Content-Length or chunked. Only then does a thread get it,
+app's MAX_CONTENT_LENGTH) by Content-Length or chunked; a longer body gets 413 at once.
+Only then does a thread get it,
 with gunicorn's own parser reading those bytes from memory, so a thread never blocks on a
 client. A connection that has not delivered a whole request `read_timeout` seconds
 (HTTP_REQUEST_READ_TIMEOUT_SECONDS) after the server started waiting for it is cut off,
@@ -60,7 +61,7 @@ class Verdict(enum.Enum):
 
     INCOMPLETE = "more bytes are needed"
     COMPLETE = "the whole request is here"
-    TOO_LARGE = "the body is over the limit: serve what is here (the app refuses it), then close"
+    TOO_LARGE = "the body is over the limit: answer 413 from the main loop, then close"
     MALFORMED = "the head is malformed or over a limit: gunicorn's parser refuses it"
     BAD_BODY = "the chunked body's framing is malformed"
 
@@ -200,7 +201,6 @@ class _Connection(TConn):
         self.deadline = 0.0
         self.continue_sent = False
         self.feed = compat.ParserFeed(PIECE_SIZE)
-        self.whole = True
 
     @property
     def host(self) -> str:
@@ -398,7 +398,16 @@ class RequestBufferingWorker(ThreadWorker):
         if verdict is Verdict.BAD_BODY:
             self._refuse(conn, 400, "bad_request", "the chunked body is malformed")
             return False
-        conn.whole = verdict is Verdict.COMPLETE
+        if verdict is Verdict.TOO_LARGE:
+            # Refused here, not by the app: a chunked body cut at the limit ends inside a
+            # chunk, which gunicorn's reader cannot hand to the app as a body.
+            self._refuse(
+                conn,
+                413,
+                "payload_too_large",
+                f"the body is larger than MAX_CONTENT_LENGTH ({self.max_body_bytes} bytes)",
+            )
+            return False
         conn.feed.put(bytes(conn.received))
         conn.received = bytearray()
         if conn.parser is None:  # one parser per connection, as gunicorn has
@@ -409,11 +418,9 @@ class RequestBufferingWorker(ThreadWorker):
     # -- in a thread: serving a request whose bytes are all in memory ------------------------
 
     def handle_request(self, req: Any, conn: _Connection) -> bool:
-        """Serve one request from memory; a request not read whole (body over the limit) closes after it."""
+        """Serve one request from memory."""
         compat.skip_continue(req)  # the main loop sent 100 Continue if it wanted the body
-        if not conn.whole:
-            req.force_close()
-        elif compat.is_chunked(req):
+        if compat.is_chunked(req):
             # Decoded here, a malformed chunk or trailer is a 400 from handle_error, not an
             # exception inside the app.
             compat.decode_chunked_body(req)
