@@ -2,17 +2,15 @@
 
 from __future__ import annotations
 
-import contextlib
 import datetime
 import json
 import socket
 import struct
-from collections.abc import Iterator
 
-import psycopg2
 import pytest
 
 from tests.helpers import AppThread, bearer, wait_until
+from tests.support.faults import row_locked, waiting_bookings_of
 from tests.support.gunicorn import start_gunicorn, stop_gunicorn
 
 KEY = "Idempotency-Key"
@@ -29,19 +27,6 @@ def count(conn, table: str) -> int:
 def booking(customer: dict, product: dict, start: str = "2030-03-01", end: str = "2030-03-04") -> dict:
     """Return the body of a booking of `product` for `customer`."""
     return {"customer_id": customer["id"], "product_id": product["id"], "start_date": start, "end_date": end}
-
-
-@contextlib.contextmanager
-def product_row_locked(database_url: str, product_id: int) -> Iterator[None]:
-    """Hold the product's row lock in another session, so a booking of it waits, until the block ends."""
-    conn = psycopg2.connect(database_url)
-    try:
-        with conn.cursor() as cur:
-            cur.execute("SELECT 1 FROM products WHERE id = %s FOR UPDATE", (product_id,))
-        yield
-    finally:
-        conn.rollback()
-        conn.close()
 
 
 def test_a_retry_with_the_same_key_replays_the_reply_and_writes_once(client, staff_headers, admin_conn):
@@ -112,11 +97,11 @@ def test_a_concurrent_request_with_the_key_is_409_request_in_progress(
     headers = {**bearer(app, make_user("staff")), KEY: "slow-booking"}
     body = booking(make_customer(), make_product())
     client = app.test_client()
-    with product_row_locked(database_url, body["product_id"]):
+    with row_locked(database_url, body["product_id"]):
         first = AppThread(app, lambda: client.post("/api/rentals", json=body, headers=headers))
         first.start()
         # The first request waits for the product's row lock, holding the key's lock.
-        assert wait_until(lambda: _waiting_on_a_lock(admin_conn), timeout=10)
+        assert wait_until(lambda: waiting_bookings_of(admin_conn, body["product_id"]) == 1, timeout=10)
         second = client.post("/api/rentals", json=body, headers=headers)
         assert second.status_code == 409
         assert second.json["error"]["code"] == "request_in_progress"
@@ -129,14 +114,6 @@ def test_a_concurrent_request_with_the_key_is_409_request_in_progress(
     assert count(admin_conn, "rentals") == 1
 
 
-def _waiting_on_a_lock(conn) -> bool:
-    with conn.cursor() as cur:
-        cur.execute(
-            "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND wait_event_type = 'Lock'"
-        )
-        return cur.fetchone()[0] > 0
-
-
 def test_a_503_is_not_stored_and_its_write_is_rolled_back(
     make_app, database_url, make_user, make_customer, make_product, admin_conn
 ):
@@ -144,7 +121,7 @@ def test_a_503_is_not_stored_and_its_write_is_rolled_back(
     headers = {**bearer(app, make_user("staff")), KEY: "booking-after-timeout"}
     body = booking(make_customer(), make_product())
     client = app.test_client()
-    with product_row_locked(database_url, body["product_id"]):
+    with row_locked(database_url, body["product_id"]):
         r = client.post("/api/rentals", json=body, headers=headers)
     assert r.status_code == 503
     assert r.json["error"]["code"] == "query_timeout"
