@@ -1,6 +1,11 @@
 """Fixtures: one embedded PostgreSQL per test session, a migrated template database, and a
 fresh database per test cloned from it by pytest-postgresql.
 
+Tests in a module marked `both_routes` run twice: straight to PostgreSQL (`[direct]`) and
+through a real PgBouncer in transaction mode (`[pgbouncer]`, the app with
+DB_POOLER=pgbouncer, the timeouts on the role as `db apply-timeouts` sets them). A test
+there that looks at backends directly is marked `direct_only`, with its reason.
+
 Only fixtures and the pytest-postgresql factories live here; the plain functions they use,
 and the tests import, are in tests/helpers.py.
 """
@@ -21,6 +26,7 @@ from devtools.debian import HAPROXY, PGBOUNCER
 from devtools.embedded_pg import EmbeddedPostgres
 from devtools.pgbouncer import PgBouncer
 from tests.helpers import (
+    DEFAULT_SESSION_TIMEOUTS,
     HEALTH_HEADERS,
     TEST_PASSWORD,
     ServerInfo,
@@ -47,6 +53,22 @@ def _debian_programs(request) -> None:
             pytest.skip(reason)
 
 
+def pytest_generate_tests(metafunc) -> None:
+    """Run the tests of a module marked both_routes once direct and once through PgBouncer (not direct_only ones)."""
+    definition = metafunc.definition
+    if "db_route" not in metafunc.fixturenames or definition.get_closest_marker("both_routes") is None:
+        return
+    if definition.get_closest_marker("direct_only") is not None:
+        return
+    metafunc.parametrize("db_route", ["direct", pytest.param("pgbouncer", marks=pytest.mark.pgbouncer)], indirect=True)
+
+
+@pytest.fixture
+def db_route(request) -> str:
+    """How this test's app reaches PostgreSQL: "direct", or "pgbouncer" (transaction mode)."""
+    return getattr(request, "param", "direct")
+
+
 @pytest.fixture(scope="session")
 def pg_server() -> Iterator[EmbeddedPostgres]:
     """The session's PostgreSQL server: started once, stopped and deleted at the end."""
@@ -67,10 +89,45 @@ postgresql = factories.postgresql("postgresql_proc")
 
 
 @pytest.fixture
-def database_url(postgresql) -> str:
-    """URL of this test's own database, a fresh copy of the migrated template."""
+def direct_database_url(postgresql) -> str:
+    """URL of this test's own database on the server itself, a fresh copy of the migrated template."""
     info = postgresql.info
     return f"postgresql://{info.user}:{info.password}@{info.host}:{info.port}/{info.dbname}"
+
+
+@pytest.fixture(scope="session")
+def session_pgbouncer(pg_server: EmbeddedPostgres, tmp_path_factory) -> Iterator[PgBouncer]:
+    """One PgBouncer in transaction mode in front of the session server, for the tests' pgbouncer route."""
+    bouncer = PgBouncer(
+        tmp_path_factory.mktemp("session-pgbouncer"),
+        pg_server.host,
+        pg_server.port,
+        users={pg_server.user: pg_server.password},
+        default_pool_size=20,
+    )
+    with bouncer.start():
+        yield bouncer
+
+
+@pytest.fixture
+def database_url(direct_database_url: str, db_route: str, request) -> Iterator[str]:
+    """URL of this test's own database for the app: the server itself, or PgBouncer in front of it."""
+    if db_route == "direct":
+        yield direct_database_url
+        return
+    bouncer: PgBouncer = request.getfixturevalue("session_pgbouncer")
+    dbname = urlsplit(direct_database_url).path.lstrip("/")
+    # What `db apply-timeouts` does: behind PgBouncer the timeouts travel on the role.
+    with psycopg2.connect(direct_database_url) as conn, conn.cursor() as cur:
+        for name, ms in DEFAULT_SESSION_TIMEOUTS.items():
+            cur.execute(f"ALTER ROLE CURRENT_USER IN DATABASE {dbname} SET {name} = {int(ms)}")
+    conn.close()
+    try:
+        yield bouncer.dsn(dbname)
+    finally:
+        # Drop PgBouncer's server connections to this database before pytest-postgresql drops it.
+        bouncer.admin(f"KILL {dbname}")
+        bouncer.admin(f"RESUME {dbname}")
 
 
 @pytest.fixture
@@ -117,12 +174,18 @@ def make_pgbouncer(pg_server: EmbeddedPostgres, tmp_path):
 
 
 @pytest.fixture
-def make_app(database_url: str):
-    """Build apps on this test's database; every pool they open is closed after the test."""
+def route_settings(db_route: str) -> dict[str, str]:
+    """The settings an app needs on this test's route to PostgreSQL (DB_POOLER=pgbouncer through PgBouncer)."""
+    return {"DB_POOLER": "pgbouncer"} if db_route == "pgbouncer" else {}
+
+
+@pytest.fixture
+def make_app(database_url: str, route_settings: dict[str, str]):
+    """Build apps on this test's database (through PgBouncer on the pgbouncer route); their pools are closed after."""
     apps = []
 
     def make(**overrides: object):
-        app = create_app(app_config(database_url, **overrides))
+        app = create_app(app_config(database_url, **{**route_settings, **overrides}))
         app.config["TESTING"] = True
         apps.append(app)
         return app
@@ -151,9 +214,9 @@ def health_headers() -> dict[str, str]:
 
 
 @pytest.fixture
-def admin_conn(database_url: str) -> Iterator[psycopg2.extensions.connection]:
-    """A superuser connection to this test's database, outside the app's pool, in autocommit."""
-    conn = psycopg2.connect(database_url)
+def admin_conn(direct_database_url: str) -> Iterator[psycopg2.extensions.connection]:
+    """A superuser connection straight to this test's database, outside the app's pool, in autocommit."""
+    conn = psycopg2.connect(direct_database_url)
     conn.autocommit = True
     try:
         yield conn
@@ -162,14 +225,14 @@ def admin_conn(database_url: str) -> Iterator[psycopg2.extensions.connection]:
 
 
 @pytest.fixture
-def app_role_url(admin_conn, database_url: str) -> Iterator[str]:
+def app_role_url(admin_conn, direct_database_url: str) -> Iterator[str]:
     """URL of this test's database for a new role with only the README's grants (no superuser); dropped after."""
     role, password = f"rentals_app_{uuid.uuid4().hex[:8]}", uuid.uuid4().hex
     with admin_conn.cursor() as cur:
         cur.execute(f"CREATE ROLE {role} LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE PASSWORD %s", (password,))
         cur.execute(f"GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA public TO {role}")
         cur.execute(f"GRANT USAGE ON ALL SEQUENCES IN SCHEMA public TO {role}")
-    parts = urlsplit(database_url)
+    parts = urlsplit(direct_database_url)
     try:
         yield urlunsplit(parts._replace(netloc=f"{role}:{password}@{parts.hostname}:{parts.port}"))
     finally:

@@ -22,6 +22,7 @@ import psycopg2
 from flask import Flask
 
 from apps.api.app import create_app
+from apps.api.app.config import load_settings
 from apps.api.app.models import database
 from apps.api.app.models.database import execute_query_one, get_pool
 from apps.api.app.pool import ConnectionPool, PooledConnection
@@ -96,6 +97,11 @@ def app_config(database_url: str, **overrides: object) -> dict[str, str]:
     }
     config.update({key: str(value) for key, value in overrides.items()})
     return config
+
+
+# The timeouts the test settings ask for, by PostgreSQL's names: what `db apply-timeouts`
+# puts on the role for the tests that run through PgBouncer.
+DEFAULT_SESSION_TIMEOUTS = database.session_timeouts(load_settings(app_config("postgresql://test@localhost/test"), {}))
 
 
 # -- Debian programs (PgBouncer, HAProxy) -------------------------------------------------

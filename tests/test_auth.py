@@ -13,6 +13,8 @@ from itsdangerous import TimestampSigner
 from apps.api.app import auth
 from tests.helpers import HEALTH_HEADERS, HEALTH_TOKEN, app_config, bearer, login
 
+pytestmark = pytest.mark.both_routes
+
 
 def test_login_returns_a_token_its_expiry_and_the_user(client, admin_user):
     r = login(client, admin_user["email"].upper())

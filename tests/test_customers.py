@@ -6,6 +6,8 @@ import pytest
 
 from tests.helpers import insert_row
 
+pytestmark = pytest.mark.both_routes
+
 
 def test_create_customer_returns_it_whole_with_201_and_location(client, staff_headers):
     body = {"full_name": "Ada Lovelace", "email": "ada@example.com", "phone": "+44 20 7946 0000", "notes": "VIP"}

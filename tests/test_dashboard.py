@@ -12,6 +12,8 @@ from apps.api.app import seed
 from apps.api.app.models import dashboard
 from tests.helpers import bearer
 
+pytestmark = pytest.mark.both_routes
+
 
 def rows(conn, sql: str) -> list[dict]:
     with conn.cursor() as cur:

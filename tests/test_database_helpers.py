@@ -21,6 +21,8 @@ from apps.api.app.models.database import (
 )
 from tests.helpers import own_backends, wait_until
 
+pytestmark = pytest.mark.both_routes
+
 
 @pytest.fixture
 def items(admin_conn):
@@ -202,6 +204,7 @@ def test_a_nested_transaction_is_a_savepoint(app, items):
     assert item_names(items) == ["tent", "stove", "lamp", "map"]
 
 
+@pytest.mark.direct_only(reason="per-app timeouts: behind PgBouncer one set travels on the role")
 def test_statement_timeout_cancels_a_slow_query_and_keeps_the_connection(make_app):
     app = make_app(DB_STATEMENT_TIMEOUT_MS=200)
     with app.app_context():
@@ -217,6 +220,7 @@ def test_statement_timeout_cancels_a_slow_query_and_keeps_the_connection(make_ap
     assert stats["in_use"] == 0
 
 
+@pytest.mark.direct_only(reason="per-app timeouts: behind PgBouncer one set travels on the role")
 def test_statement_timeout_inside_a_transaction_rolls_back_and_keeps_the_connection(make_app, items):
     app = make_app(DB_STATEMENT_TIMEOUT_MS=200)
     with app.app_context():
@@ -228,6 +232,7 @@ def test_statement_timeout_inside_a_transaction_rolls_back_and_keeps_the_connect
     assert pool_stats(app)["discarded"] == 0
 
 
+@pytest.mark.direct_only(reason="per-app timeouts: behind PgBouncer one set travels on the role")
 def test_slow_query_answers_503_query_timeout(make_app):
     app = make_app(DB_STATEMENT_TIMEOUT_MS=200, DB_RETRY_AFTER=3)
 
@@ -269,6 +274,7 @@ def test_lock_wait_past_lock_timeout_answers_503_query_timeout(make_app, items, 
 # -- null mode and stats --------------------------------------------------------------------
 
 
+@pytest.mark.direct_only(reason="counts the app's backends on the server")
 def test_null_mode_opens_and_closes_a_connection_for_each_use(make_app, admin_conn):
     app = make_app(DB_POOL_MODE="null")
     with app.app_context():
@@ -306,6 +312,7 @@ def test_pool_stats_keys_are_the_same_before_first_use(make_app):
 # -- capacity -----------------------------------------------------------------------------
 
 
+@pytest.mark.direct_only(reason="the budget against max_connections holds without a pooler")
 def test_check_capacity_reports_a_fitting_configuration(make_app, caplog):
     app = make_app(WEB_CONCURRENCY=2, DB_POOL_MAX_CONNECTIONS=5)
     caplog.set_level(logging.WARNING)
@@ -316,6 +323,7 @@ def test_check_capacity_reports_a_fitting_configuration(make_app, caplog):
     assert not [r for r in caplog.records if "do not fit" in r.getMessage()]
 
 
+@pytest.mark.direct_only(reason="the budget against max_connections holds without a pooler")
 def test_check_capacity_warns_when_workers_times_pool_exceed_the_server(make_app, caplog):
     app = make_app(WEB_CONCURRENCY=50, DB_POOL_MAX_CONNECTIONS=5)
     caplog.set_level(logging.WARNING)

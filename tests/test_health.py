@@ -7,6 +7,8 @@ import pytest
 from devtools.embedded_pg import free_port
 from tests.helpers import HEALTH_TOKEN, give_back, hold
 
+pytestmark = pytest.mark.both_routes
+
 POOL_KEYS = {"min_connections", "max_connections", "available", "in_use", "total", "waiting"}
 COUNTER_KEYS = {
     "acquisitions",
@@ -179,6 +181,7 @@ def test_unexpected_error_answers_json_500_naming_nothing_internal(app):
     assert "secret" not in response.get_data(as_text=True)
 
 
+@pytest.mark.direct_only(reason="the budget against max_connections holds without a pooler")
 def test_advice_uses_the_servers_usable_connections_in_every_worker(make_app, health_headers):
     # 40 workers x 5 = 200: within max_connections (200) but above what the app's role may
     # open (200 less 3 reserved). No startup check ran in this process: the probe measures.

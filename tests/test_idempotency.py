@@ -13,6 +13,8 @@ from tests.helpers import AppThread, bearer, wait_until
 from tests.support.faults import row_locked, waiting_bookings_of
 from tests.support.gunicorn import start_gunicorn, stop_gunicorn
 
+pytestmark = pytest.mark.both_routes
+
 KEY = "Idempotency-Key"
 D = datetime.date
 
@@ -171,11 +173,11 @@ def test_every_post_but_login_declares_the_key_in_the_openapi_document(client):
 
 @pytest.mark.slow
 def test_a_retry_after_the_connection_dropped_gets_the_booking_not_a_409(
-    database_url, admin_conn, make_user, make_customer, make_product
+    database_url, route_settings, admin_conn, make_user, make_customer, make_product
 ):
     # The audit's case: the client sent a whole POST /api/rentals and lost the connection
     # before the reply; the rental was created. Its retry must get that rental back.
-    process, port = start_gunicorn(database_url)
+    process, port = start_gunicorn(database_url, **route_settings)
     try:
         from apps.api.app.auth import token_serializer
 

@@ -1,22 +1,31 @@
 """Behind a pooler: no startup options, the timeouts on the role, and a start refused when they are missing.
 
-These run against PostgreSQL directly; a session that did not get the startup options is
-what PgBouncer in transaction mode gives the app, so they pin the same checks.
+The first tests run against PostgreSQL directly: a session that did not get the startup
+options is what PgBouncer in transaction mode gives the app. The rest run through a real
+PgBouncer: the timeouts enforced, nothing left in the server session the clients share,
+gunicorn refusing to start without the timeouts, migrations.
 """
 
 from __future__ import annotations
 
 import os
 import subprocess
+import time
 
+import psycopg2
+import psycopg2.errors
 import pytest
 
+from apps.api.app import create_app, migrate
 from apps.api.app.models import database
-from apps.api.app.models.database import TimeoutsNotApplied, check_session_timeouts
+from apps.api.app.models.database import TimeoutsNotApplied, check_session_timeouts, execute_query_one
 from devtools.embedded_pg import free_port
-from tests.helpers import app_config
-from tests.support.gunicorn import GUNICORN_COMMAND, ROOT
+from tests.helpers import DEFAULT_SESSION_TIMEOUTS, app_config, bearer
+from tests.support.faults import locked
+from tests.support.gunicorn import GUNICORN_COMMAND, ROOT, get_json, start_gunicorn, stop_gunicorn
 
+# The startup parameters PgBouncer 1.18 tracks per client and sets on the server connection itself.
+PGBOUNCER_TRACKED = ("client_encoding", "DateStyle", "TimeZone", "standard_conforming_strings", "application_name")
 TIMEOUTS = {"DB_STATEMENT_TIMEOUT_MS": 15000, "DB_LOCK_TIMEOUT_MS": 5000, "DB_IDLE_IN_TRANSACTION_TIMEOUT_MS": 30000}
 
 
@@ -61,3 +70,124 @@ def test_gunicorn_refuses_to_start_when_the_sessions_lack_the_timeouts(app_role_
     assert result.returncode != 0, output
     assert "refusing to start: the server's sessions do not run with the configured timeouts" in output
     assert "Worker failed to boot" in output
+
+
+# -- through a real PgBouncer in transaction mode -------------------------------------------
+
+
+def _apply_role_timeouts(direct_url: str, **timeouts: int) -> None:
+    """Put timeouts on the superuser's role in this database, as `db apply-timeouts` would."""
+    dbname = direct_url.rsplit("/", 1)[1]
+    with psycopg2.connect(direct_url) as conn, conn.cursor() as cur:
+        for name, ms in {**DEFAULT_SESSION_TIMEOUTS, **timeouts}.items():
+            cur.execute(f"ALTER ROLE CURRENT_USER IN DATABASE {dbname} SET {name} = {int(ms)}")
+    conn.close()
+
+
+def _bouncer_url(bouncer, direct_url: str) -> str:
+    return bouncer.dsn(direct_url.rsplit("/", 1)[1])
+
+
+@pytest.mark.pgbouncer
+def test_the_timeouts_on_the_role_are_enforced_through_pgbouncer(make_app, direct_database_url, make_pgbouncer):
+    _apply_role_timeouts(direct_database_url, statement_timeout=1000, lock_timeout=200)
+    bouncer = make_pgbouncer()
+    app = make_app(
+        DATABASE_URL=_bouncer_url(bouncer, direct_database_url),
+        DB_POOLER="pgbouncer",
+        DB_STATEMENT_TIMEOUT_MS=1000,
+        DB_LOCK_TIMEOUT_MS=200,
+    )
+    assert check_session_timeouts(app)["lock_timeout"] == 200
+    with app.app_context():
+        started = time.monotonic()
+        with pytest.raises(psycopg2.errors.QueryCanceled):
+            execute_query_one("SELECT pg_sleep(5)")
+        assert time.monotonic() - started < 3
+        with locked(direct_database_url, "customers"):
+            started = time.monotonic()
+            with pytest.raises(psycopg2.errors.LockNotAvailable):
+                execute_query_one("SELECT count(*) FROM customers")
+            assert time.monotonic() - started < 3
+        assert execute_query_one("SELECT 1 AS one") == {"one": 1}  # the connection serves on
+
+
+@pytest.mark.pgbouncer
+def test_nothing_the_app_does_is_left_in_the_server_session_it_shares(
+    make_app, direct_database_url, make_pgbouncer, make_user, make_customer, make_product
+):
+    # One server connection for every client: whatever a client left in the session, the
+    # next one would find.
+    _apply_role_timeouts(direct_database_url)
+    bouncer = make_pgbouncer(default_pool_size=1)
+    url = _bouncer_url(bouncer, direct_database_url)
+    # A budget shorter than the statement timeout folds SET LOCAL into every statement.
+    app = make_app(DATABASE_URL=url, DB_POOLER="pgbouncer", DB_REQUEST_BUDGET_MS=10_000)
+    user, customer, product = make_user("staff"), make_customer(), make_product()
+    client, headers = app.test_client(), {**bearer(app, user), "Idempotency-Key": "shared-session"}
+    booking = {
+        "customer_id": customer["id"],
+        "product_id": product["id"],
+        "start_date": "2030-03-01",
+        "end_date": "2030-03-04",
+    }
+    assert client.post("/api/rentals", json=booking, headers=headers).status_code == 201
+    assert client.post("/api/rentals", json=booking, headers=headers).headers["Idempotent-Replayed"] == "true"
+    assert client.get(f"/api/customers/{customer['id']}", headers=headers).status_code == 200
+    assert client.post("/api/auth/login", json={"email": user["email"], "password": "wrong"}).status_code == 401
+    with app.app_context():
+        app_backend = execute_query_one("SELECT pg_backend_pid() AS pid")["pid"]
+        migrate.upgrade()
+    with psycopg2.connect(url) as other, other.cursor() as cur:
+        cur.execute("SELECT pg_backend_pid()")
+        assert cur.fetchone()[0] == app_backend, "the check must run on the server connection the app used"
+        # PgBouncer itself sets the parameters it tracks per client (application_name among them).
+        cur.execute(
+            "SELECT name, setting FROM pg_settings WHERE source = 'session' AND name <> ALL(%s)",
+            (list(PGBOUNCER_TRACKED),),
+        )
+        assert cur.fetchall() == [], "a setting the app made outlived its transaction"
+        cur.execute("SELECT count(*) FROM pg_locks WHERE pid = pg_backend_pid() AND locktype = 'advisory'")
+        assert cur.fetchone()[0] == 0, "an advisory lock outlived its transaction"
+    other.close()
+
+
+@pytest.mark.pgbouncer
+@pytest.mark.slow
+def test_gunicorn_behind_pgbouncer_refuses_to_start_without_the_role_timeouts_and_serves_with_them(
+    direct_database_url, make_pgbouncer
+):
+    bouncer = make_pgbouncer()
+    settings = app_config(
+        _bouncer_url(bouncer, direct_database_url), PORT=free_port(), DB_POOLER="pgbouncer", GUNICORN_THREADS=4
+    )
+    result = subprocess.run(
+        GUNICORN_COMMAND, cwd=ROOT, env={**os.environ, **settings}, capture_output=True, text=True, timeout=45
+    )
+    output = result.stdout + result.stderr
+    assert result.returncode != 0, output
+    assert "statement_timeout is 0 ms but DB_STATEMENT_TIMEOUT_MS asks for 15000" in output
+    _apply_role_timeouts(direct_database_url)
+    bouncer.admin("RECONNECT")
+    process, port = start_gunicorn(_bouncer_url(bouncer, direct_database_url), DB_POOLER="pgbouncer")
+    try:
+        status, body = get_json(port, "/api/health/db/test")
+    finally:
+        stop_gunicorn(process)
+    assert (status, body["test_result"]["test"]) == (200, 1)
+
+
+@pytest.mark.pgbouncer
+def test_migrations_apply_through_pgbouncer(make_database, make_pgbouncer):
+    url = make_database()
+    bouncer = make_pgbouncer()
+    _apply_role_timeouts(url)
+    app = create_app(app_config(_bouncer_url(bouncer, url), DB_POOLER="pgbouncer"))
+    try:
+        result = app.test_cli_runner().invoke(args=["db", "upgrade"])
+        assert result.exit_code == 0, result.output
+        assert result.output.startswith("applied migrations: 0001")
+        again = app.test_cli_runner().invoke(args=["db", "upgrade"])
+        assert again.output.strip() == "database is up to date"
+    finally:
+        database.close_pool(app)

@@ -6,6 +6,8 @@ import datetime
 
 import pytest
 
+pytestmark = pytest.mark.both_routes
+
 D = datetime.date
 
 

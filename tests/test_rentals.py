@@ -9,6 +9,8 @@ import pytest
 
 from tests.helpers import bearer, insert_row
 
+pytestmark = pytest.mark.both_routes
+
 D = datetime.date
 
 

@@ -11,6 +11,8 @@ from apps.api.app.models.database import BudgetExhausted, execute_query_one, poo
 from tests.helpers import bearer, give_back, hold
 from tests.support.faults import locked
 
+pytestmark = pytest.mark.both_routes
+
 
 def test_a_request_whose_budget_runs_out_waiting_for_a_connection_gets_503(make_app, make_user, make_customer):
     # The pool would let it wait 5 s; the budget lets it wait 0.4 s.
