@@ -11,12 +11,13 @@ from __future__ import annotations
 import json
 import logging
 import os
-import shutil
 import subprocess
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
+
+from devtools.debian import WRK, ProgramUnavailable
 
 from . import procs
 from .settings import BENCH_DIR, ROOT
@@ -32,27 +33,14 @@ class WrkMissing(RuntimeError):
 
 
 def ensure_wrk() -> str:
-    """Return wrk's path, installing Debian's package first when missing and running as root.
+    """Return wrk's path, installing Debian's package first when missing and running as root (devtools/debian.py).
 
-    Raises WrkMissing with the command to run otherwise.
+    Raises WrkMissing with the sentence saying why, and what to run, otherwise.
     """
-    path = shutil.which("wrk")
-    if path:
-        return path
-    if os.geteuid() != 0:
-        raise WrkMissing("wrk is not installed; install it with: sudo apt-get install -y wrk")
-    logger.info("wrk is missing; installing Debian's package")
-    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-    install = ["apt-get", "install", "-y", "-qq", "wrk"]
-    if procs.run(install, env=env, cwd=ROOT, timeout=600).returncode != 0:
-        procs.run(["apt-get", "update", "-qq"], env=env, cwd=ROOT, timeout=600)
-        result = procs.run(install, env=env, cwd=ROOT, timeout=600)
-        if result.returncode != 0:
-            raise WrkMissing(f"apt-get install wrk failed:\n{result.stdout[-2000:]}")
-    path = shutil.which("wrk")
-    if not path:
-        raise WrkMissing("apt-get installed wrk but it is not on PATH")
-    return path
+    try:
+        return WRK.ensure()
+    except ProgramUnavailable as exc:
+        raise WrkMissing(str(exc)) from exc
 
 
 def wrk_version(wrk: str) -> str:
