@@ -47,8 +47,12 @@ def free_port(host: str = "127.0.0.1") -> int:
         return sock.getsockname()[1]
 
 
-def _run_as() -> str | None:
-    """Return the system user the server must run as, or None to run as ourselves."""
+def service_user() -> str | None:
+    """Return the non-root system user our servers run as (created when missing), or None to run as ourselves.
+
+    PostgreSQL, PgBouncer and HAProxy all refuse to run as root, or should; as root, each
+    runs as this one user.
+    """
     if os.geteuid() != 0:
         return None
     ensure_user_exists(SYSTEM_USER)
@@ -76,7 +80,7 @@ class EmbeddedPostgres:
         self.port = port or free_port(host)
         self.settings = settings or {}
         self.user = SUPERUSER
-        self._system_user = _run_as()
+        self._system_user = service_user()
         self._password_file = self.data_dir.parent / f".{self.data_dir.name}.password"
 
     @property

@@ -16,7 +16,9 @@ from pytest_postgresql import factories
 
 from apps.api.app import create_app
 from apps.api.app.models import database
+from devtools.debian import HAPROXY, PGBOUNCER
 from devtools.embedded_pg import EmbeddedPostgres
+from devtools.pgbouncer import PgBouncer
 from tests.helpers import (
     HEALTH_HEADERS,
     TEST_PASSWORD,
@@ -25,8 +27,23 @@ from tests.helpers import (
     bearer,
     insert_row,
     load_migrations,
+    missing_programs_fail,
     private_server,
+    unavailable_reason,
 )
+
+
+@pytest.fixture(autouse=True)
+def _debian_programs(request) -> None:
+    """Skip a test marked pgbouncer or haproxy when the program cannot be had (the reason); fail it under CI=true."""
+    for marker, program in (("pgbouncer", PGBOUNCER), ("haproxy", HAPROXY)):
+        if request.node.get_closest_marker(marker) is None:
+            continue
+        reason = unavailable_reason(program)
+        if reason and missing_programs_fail():
+            pytest.fail(f"CI=true needs {program.name} and it cannot be installed: {reason}")
+        if reason:
+            pytest.skip(reason)
 
 
 @pytest.fixture(scope="session")
@@ -74,6 +91,28 @@ def make_database(pg_server: EmbeddedPostgres):
     yield make
     for name in made:
         pg_server.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+
+
+@pytest.fixture
+def make_pgbouncer(pg_server: EmbeddedPostgres, tmp_path):
+    """Start PgBouncers in front of the session server: make_pgbouncer(**PgBouncer options) -> PgBouncer; stopped after.
+
+    Transaction mode unless told otherwise; the superuser `postgres` logs in through it
+    with the server's password (`bouncer.dsn(dbname)`). Mark the test `pgbouncer`.
+    """
+    started: list[PgBouncer] = []
+
+    def make(**options: object) -> PgBouncer:
+        folder = tmp_path / f"pgbouncer-{len(started)}"
+        bouncer = PgBouncer(
+            folder, pg_server.host, pg_server.port, users={pg_server.user: pg_server.password}, **options
+        )
+        started.append(bouncer)
+        return bouncer.start()
+
+    yield make
+    for bouncer in started:
+        bouncer.stop()
 
 
 @pytest.fixture

@@ -7,6 +7,8 @@ tests/support/.
 from __future__ import annotations
 
 import contextlib
+import functools
+import os
 import shutil
 import tempfile
 import threading
@@ -23,6 +25,7 @@ from apps.api.app import create_app
 from apps.api.app.models import database
 from apps.api.app.models.database import execute_query_one, get_pool
 from apps.api.app.pool import ConnectionPool, PooledConnection
+from devtools.debian import DebianProgram, ProgramUnavailable
 from devtools.embedded_pg import EmbeddedPostgres
 
 HEALTH_TOKEN = "test-health-token"
@@ -93,6 +96,27 @@ def app_config(database_url: str, **overrides: object) -> dict[str, str]:
     }
     config.update({key: str(value) for key, value in overrides.items()})
     return config
+
+
+# -- Debian programs (PgBouncer, HAProxy) -------------------------------------------------
+
+
+@functools.cache
+def unavailable_reason(program: DebianProgram) -> str | None:
+    """Return why `program` cannot run here (one sentence), or None once it is installed; installs it as root.
+
+    Asked once per test session: a failed install is not tried again for every test.
+    """
+    try:
+        program.ensure()
+    except ProgramUnavailable as exc:
+        return str(exc)
+    return None
+
+
+def missing_programs_fail() -> bool:
+    """Return True under CI=true, where a test that needs a missing program fails instead of being skipped."""
+    return os.environ.get("CI") == "true"
 
 
 # -- the app's backends, seen from outside ------------------------------------------------
