@@ -22,6 +22,7 @@ if _own_metrics_dir:
     os.environ[_METRICS_VAR] = tempfile.mkdtemp(prefix="rentals-metrics-")
 
 from gunicorn import glogging  # noqa: E402
+from gunicorn.arbiter import Arbiter  # noqa: E402
 
 from apps.api.app.capacity import Budget  # noqa: E402 (after the metrics folder is set)
 from apps.api.app.config import load_settings  # noqa: E402
@@ -31,6 +32,7 @@ from apps.api.server.worker import RequestBufferingWorker  # noqa: E402
 
 _settings = load_settings()
 logger = logging.getLogger("gunicorn.error")
+WORKER_BOOT_ERROR = Arbiter.WORKER_BOOT_ERROR
 
 # Server socket
 #
@@ -64,8 +66,8 @@ reuse_port = True
 #                  protocol in gunicorn with it: those belong to a proxy in front.
 #   threads - GUNICORN_THREADS; a thread holds at most one connection, so more threads
 #             than DB_POOL_MAX_CONNECTIONS only makes requests wait (refused below).
-#   timeout - seconds a worker may stay silent before the master kills it; above
-#             DB_POOL_TIMEOUT plus the statement timeout; 30 to 120.
+#   timeout - GUNICORN_TIMEOUT: seconds a worker may stay silent before the master kills
+#             it; above DB_REQUEST_BUDGET_MS, a request's whole database time; 30 to 120.
 #   graceful_timeout - seconds a worker gets after SIGTERM to finish in-flight requests.
 #   keepalive - seconds to hold an idle keep-alive connection; 2 to 5 behind a balancer.
 #   max_requests - recycle a worker after this many requests (bounds slow leaks); the
@@ -80,7 +82,7 @@ worker_class = RequestBufferingWorker.configured(
     reply_headers=reply_headers(_settings),
 )
 threads = _settings.gunicorn_threads
-timeout = 60
+timeout = _settings.gunicorn_timeout
 graceful_timeout = 30
 keepalive = 5
 max_requests = 1_000_000
@@ -133,8 +135,10 @@ control_socket_disable = True
 #   post_worker_init - each worker creates its own pool after the fork (a pool is never
 #               shared across processes), once the app is loaded and the worker's own
 #               signal handlers are set: until then it has the master's, and a SIGTERM
-#               arriving during a long post_fork was lost. The first worker also checks
-#               the connection budget.
+#               arriving during a long post_fork was lost. Each worker then reads the
+#               timeouts the server really applies to its sessions and refuses to boot
+#               (which stops gunicorn) when one is missing; the first also checks the
+#               connection budget.
 #   worker_exit - close the worker's pool, so no backend outlives it.
 #   child_exit - forget a dead worker's live gauges (runs in the master).
 #   on_exit - remove the metrics folder if this file made it.
@@ -158,6 +162,14 @@ def post_worker_init(worker):
 
     app = worker.wsgi
     database.open_pool(app)
+    try:
+        database.check_session_timeouts(app)
+    except database.TimeoutsNotApplied as exc:
+        # A worker that fails to boot makes the master stop: nothing serves without its timeouts.
+        logger.error("refusing to start: %s", exc)
+        raise SystemExit(WORKER_BOOT_ERROR) from None
+    except database.DatabaseUnavailable as exc:
+        logger.warning("could not check the server's session timeouts: %s", exc)
     if worker.age == 1:
         try:
             database.check_capacity(app)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Iterator
+from urllib.parse import urlsplit, urlunsplit
 
 import psycopg2
 import pytest
@@ -158,6 +159,27 @@ def admin_conn(database_url: str) -> Iterator[psycopg2.extensions.connection]:
         yield conn
     finally:
         conn.close()
+
+
+@pytest.fixture
+def app_role_url(admin_conn, database_url: str) -> Iterator[str]:
+    """URL of this test's database for a new role with only the README's grants (no superuser); dropped after."""
+    role, password = f"rentals_app_{uuid.uuid4().hex[:8]}", uuid.uuid4().hex
+    with admin_conn.cursor() as cur:
+        cur.execute(f"CREATE ROLE {role} LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE PASSWORD %s", (password,))
+        cur.execute(f"GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA public TO {role}")
+        cur.execute(f"GRANT USAGE ON ALL SEQUENCES IN SCHEMA public TO {role}")
+    parts = urlsplit(database_url)
+    try:
+        yield urlunsplit(parts._replace(netloc=f"{role}:{password}@{parts.hostname}:{parts.port}"))
+    finally:
+        with admin_conn.cursor() as cur:
+            cur.execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = %s AND pid <> pg_backend_pid()",
+                (role,),
+            )
+            cur.execute(f"DROP OWNED BY {role}")
+            cur.execute(f"DROP ROLE {role}")
 
 
 # -- the rentals domain: users, tokens, rows ---------------------------------------------

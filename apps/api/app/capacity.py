@@ -44,11 +44,14 @@ class Budget:
     workers: int
     threads: int
     pool_max: int
+    # Behind a pooler the server sees the pooler's connections, not the app's: the app's
+    # budget is then measured against the pooler, not against max_connections.
+    pooled: bool = False
 
     @classmethod
     def from_settings(cls, s: Settings) -> Budget:
         """Return the budget the settings describe."""
-        return cls(s.api_hosts, s.web_concurrency, s.gunicorn_threads, s.db_pool_max_connections)
+        return cls(s.api_hosts, s.web_concurrency, s.gunicorn_threads, s.db_pool_max_connections, s.db_pooler != "none")
 
     @property
     def processes(self) -> int:
@@ -66,8 +69,10 @@ class Budget:
             return None
         return f"GUNICORN_THREADS ({self.threads}) is above DB_POOL_MAX_CONNECTIONS ({self.pool_max})"
 
-    def fits(self, usable: int) -> bool:
-        """Return True when every pool can fill up within the server's `usable` connections."""
+    def fits(self, usable: int) -> bool | None:
+        """Return True when every pool can fill up within the server's `usable` connections; None behind a pooler."""
+        if self.pooled:
+            return None
         return self.total <= usable
 
     def largest_pool(self, usable: int) -> int:
@@ -126,7 +131,7 @@ def recommendations(
     # Each thread holds at most one connection, so fewer than `threads` makes requests wait;
     # more than the server's share per process cannot all be opened.
     optimal = {"low": s.gunicorn_threads, "high": s.gunicorn_threads}
-    if server_max:
+    if server_max and not budget.pooled:
         optimal["high"] = budget.largest_pool(server_max - reserved)
     advice = []
     if s.db_pool_mode == "null":
@@ -136,7 +141,7 @@ def recommendations(
         advice.append(
             f"{threads_problem}: threads wait for connections; raise DB_POOL_MAX_CONNECTIONS to {s.gunicorn_threads}"
         )
-    if server_max and not budget.fits(server_max - reserved):
+    if server_max and budget.fits(server_max - reserved) is False:
         advice.append(budget.overflow(server_max, reserved))
     timeouts = stats.get(TIMEOUTS, 0) + stats.get(REJECTED, 0)
     if timeouts:

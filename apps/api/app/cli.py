@@ -13,7 +13,7 @@ from pydantic import ValidationError as PydanticValidationError
 from . import migrate, seed
 from .auth import hash_password
 from .errors import APIError
-from .models import users
+from .models import database, users
 from .schemas import Email
 
 MIN_PASSWORD_LENGTH = 10
@@ -32,6 +32,22 @@ def upgrade_command() -> None:
         click.echo(f"applied migrations: {', '.join(applied)}")
     else:
         click.echo("database is up to date")
+
+
+@db_cli.command("apply-timeouts")
+def apply_timeouts_command() -> None:
+    """Make the configured statement, lock and idle-in-transaction timeouts the defaults of DATABASE_URL's role.
+
+    Behind PgBouncer (DB_POOLER=pgbouncer) the app cannot send them at connect time; the
+    role carries them instead, and each worker checks at start that they arrive.
+    """
+    applied = database.apply_session_timeouts()
+    click.echo(
+        "set on the role for new sessions: "
+        + ", ".join(f"{name} = {ms} ms" for name, ms in applied.items())
+        + "; sessions opened before keep their values until they reconnect (behind PgBouncer: RECONNECT"
+        " in its admin console, or a restart)"
+    )
 
 
 @db_cli.command("status")

@@ -33,6 +33,7 @@ from pydantic_settings import BaseSettings, NoDecode, PydanticBaseSettingsSource
 PROJECT_ROOT = Path(__file__).resolve().parents[3]
 APP_ENVS = ("dev", "preprod", "production", "test")
 POOL_MODES = ("pool", "null")
+POOLERS = ("none", "pgbouncer")
 # Environments that refuse development secrets and short ones.
 STRICT_ENVS = ("production", "preprod")
 MIN_SECRET_LENGTH = 32
@@ -430,8 +431,22 @@ class Settings(BaseSettings):
         int, Whole(0, unit="ms"), Doc(CONNECTION, "lock waits fail after this (503); 0: no limit")
     ] = 5000
     db_retry_after: Annotated[int, Whole(1, unit="s"), Doc(CONNECTION, "`Retry-After` on every 503")] = 2
+    db_pooler: Annotated[
+        str,
+        Choice(POOLERS),
+        Doc(
+            CONNECTION,
+            "what sits between the app and PostgreSQL: `none`, or `pgbouncer` in transaction mode (no startup"
+            " options; the timeouts travel on the role: `flask --app apps.api.wsgi db apply-timeouts`)",
+        ),
+    ] = "none"
     web_concurrency: Annotated[int, Whole(1), Doc(SERVER, "gunicorn worker processes per host; 2 to 4 per core")] = 2
     gunicorn_threads: Annotated[int, Whole(1), Doc(SERVER, "threads per worker; <= DB_POOL_MAX_CONNECTIONS")] = 8
+    gunicorn_timeout: Annotated[
+        int,
+        Whole(1, unit="s"),
+        Doc(SERVER, "a worker silent this long is killed by the master; above DB_REQUEST_BUDGET_MS"),
+    ] = 60
     api_hosts: Annotated[
         int, Whole(1), Doc(SERVER, "hosts running this API against the same database (the capacity check)")
     ] = 1
@@ -464,6 +479,16 @@ class Settings(BaseSettings):
             " and holds no thread meanwhile",
         ),
     ] = 10
+    db_request_budget_ms: Annotated[
+        int,
+        Whole(1, unit="ms"),
+        Doc(
+            HTTP,
+            "one request's database time, its waits for a connection and its statements together; past it, 503",
+            "",
+            "half of GUNICORN_TIMEOUT",
+        ),
+    ] = 0
     max_content_length: Annotated[int, Whole(1, unit="bytes"), Doc(HTTP, "larger request bodies get 413")] = 1024 * 1024
     token_ttl_seconds: Annotated[int, Whole(60, unit="s"), Doc(HTTP, "login token lifetime")] = 3600
     dashboard_cache_seconds: Annotated[
@@ -518,9 +543,25 @@ class Settings(BaseSettings):
             return value
         return "json" if info.data.get("app_env") in STRICT_ENVS else "text"
 
+    @field_validator("db_request_budget_ms", mode="before")
+    @classmethod
+    def _budget_from_timeout(cls, value: Any, info: ValidationInfo) -> Any:
+        # Unset: half the time the master grants a worker, so the 503 comes long before a kill.
+        if _text(value).strip() not in ("", "0"):
+            return value
+        # A bad GUNICORN_TIMEOUT is reported on its own; derive from its default meanwhile.
+        timeout = info.data.get("gunicorn_timeout", cls.model_fields["gunicorn_timeout"].default)
+        return timeout * 1000 // 2
+
     @model_validator(mode="after")
     def _consistent(self) -> Settings:
         problems = []
+        if self.db_request_budget_ms >= self.gunicorn_timeout * 1000:
+            problems.append(
+                f"DB_REQUEST_BUDGET_MS ({self.db_request_budget_ms}) must be below GUNICORN_TIMEOUT "
+                f"({self.gunicorn_timeout} s), or the master kills a worker before its request answers 503; "
+                "lower the first or raise the second."
+            )
         if self.db_pool_min_connections > self.db_pool_max_connections:
             problems.append(
                 f"DB_POOL_MIN_CONNECTIONS ({self.db_pool_min_connections}) must not be greater than "

@@ -15,7 +15,7 @@ from typing import Any
 class RequestState:
     """What one request has done so far: its id, where it went, its pool wait and its user."""
 
-    __slots__ = ("endpoint", "method", "path", "pool_wait", "request_id", "user_id")
+    __slots__ = ("db_deadline", "endpoint", "method", "path", "pool_wait", "request_id", "user_id")
 
     def __init__(self, environ: dict[str, Any], request_id: str) -> None:
         self.request_id = request_id
@@ -25,6 +25,9 @@ class RequestState:
         self.endpoint = "unmatched"  # until routing finds one (not on 404 and 405)
         self.pool_wait = 0.0
         self.user_id: int | None = None
+        # When the request's database time (DB_REQUEST_BUDGET_MS) runs out, on the monotonic
+        # clock; set by its first database call.
+        self.db_deadline: float | None = None
 
     def __str__(self) -> str:
         """Describe the request for a log line (a leak report names its holder)."""

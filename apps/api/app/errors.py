@@ -13,7 +13,7 @@ import psycopg2.errors
 from flask import Flask, Response, current_app, jsonify
 from werkzeug.exceptions import HTTPException
 
-from .pool.errors import DatabaseUnavailable, PoolTimeout, TooManyRequests
+from .pool.errors import BudgetExhausted, DatabaseUnavailable, PoolTimeout, TooManyRequests
 
 logger = logging.getLogger(__name__)
 
@@ -127,6 +127,8 @@ def _database_unavailable(exc: DatabaseUnavailable) -> Response:
         code = "database_busy"
     elif isinstance(exc, PoolTimeout):
         code = "database_timeout"
+    elif isinstance(exc, BudgetExhausted):
+        code = "database_budget_exhausted"
     else:
         code = "database_unavailable"
     logger.warning("answered 503 %s: %s", code, exc)

@@ -32,14 +32,16 @@ from typing import Any
 import psycopg2
 import psycopg2.errors
 from flask import Flask, current_app
+from psycopg2 import sql as pgsql
 
 from .. import metrics
 from ..capacity import RESERVED_CONNECTIONS_SQL, Budget, server_capacity
-from ..config import Settings
+from ..config import ConfigError, Settings
 from ..context import request_state
 from ..forking import after_fork_in_child
 from ..pool import (
     POOL_CLASSES,
+    BudgetExhausted,
     ConnectionPool,
     DatabaseUnavailable,
     PoolClosed,
@@ -49,12 +51,16 @@ from ..pool import (
 )
 
 __all__ = [
+    "BudgetExhausted",
     "DatabaseUnavailable",
     "PoolClosed",
     "PoolTimeout",
+    "TimeoutsNotApplied",
     "TooManyRequests",
+    "apply_session_timeouts",
     "capacity_info",
     "check_capacity",
+    "check_session_timeouts",
     "close_pool",
     "execute_query",
     "execute_query_one",
@@ -84,6 +90,24 @@ TCP_SETTINGS = {
 }
 
 Params = Sequence[Any] | dict[str, Any] | None
+# The server settings every session must run with, by setting name -> the configured value
+# in milliseconds; see session_timeouts().
+SESSION_TIMEOUTS = {
+    "statement_timeout": "DB_STATEMENT_TIMEOUT_MS",
+    "lock_timeout": "DB_LOCK_TIMEOUT_MS",
+    "idle_in_transaction_session_timeout": "DB_IDLE_IN_TRANSACTION_TIMEOUT_MS",
+}
+
+
+class TimeoutsNotApplied(ConfigError):
+    """The server's sessions do not run with the timeouts the configuration asks for."""
+
+
+def session_timeouts(settings: Settings) -> dict[str, int]:
+    """Return the server settings every session must have, in milliseconds, by PostgreSQL's names."""
+    return {name: getattr(settings, variable.lower()) for name, variable in SESSION_TIMEOUTS.items()}
+
+
 Cursor = psycopg2.extensions.cursor
 
 # The cursor of the transaction() block running in this context (thread), if any.
@@ -109,6 +133,8 @@ class Database:
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
+        self.budget = settings.db_request_budget_ms / 1000
+        self.statement_timeout_ms = settings.db_statement_timeout_ms
         self._pool: ConnectionPool | None = None
         self._lock = threading.Lock()
         self.capacity: dict[str, Any] | None = None
@@ -141,11 +167,13 @@ class Database:
 
     def _make_pool(self) -> ConnectionPool:
         s = self.settings
-        options = (
-            f"-c statement_timeout={s.db_statement_timeout_ms} "
-            f"-c idle_in_transaction_session_timeout={s.db_idle_in_transaction_timeout_ms} "
-            f"-c lock_timeout={s.db_lock_timeout_ms}"
-        )
+        connect: dict[str, Any] = {}
+        if s.db_pooler == "none":
+            # Sent at connect time, so every session starts with them. PgBouncer refuses (or,
+            # told to ignore it, drops) this startup parameter: behind it the timeouts travel
+            # on the role instead (apply_session_timeouts), and check_session_timeouts makes
+            # sure they arrive.
+            connect["options"] = " ".join(f"-c {name}={ms}" for name, ms in session_timeouts(s).items())
         return POOL_CLASSES[s.db_pool_mode](
             s.database_url,
             min_size=s.db_pool_min_connections,
@@ -161,7 +189,7 @@ class Database:
             name=f"{APPLICATION_NAME}[{os.getpid()}]",
             connect_timeout=s.db_connect_timeout,
             application_name=APPLICATION_NAME,
-            options=options,
+            **connect,
             **TCP_SETTINGS,
         )
 
@@ -233,10 +261,60 @@ def check_capacity(app: Flask) -> dict[str, Any]:
     budget = Budget.from_settings(database.settings)
     capacity = server_capacity(budget, row["max_connections"], row["reserved_connections"])
     database.capacity = capacity
-    if not capacity["fits"]:
+    if capacity["fits"] is False:
         overflow = budget.overflow(row["max_connections"], row["reserved_connections"])
         logger.warning("configured connections do not fit the server: %s", overflow)
     return capacity
+
+
+def check_session_timeouts(app: Flask) -> dict[str, int]:
+    """Read the timeouts the server really applies to this app's sessions; return them, in ms.
+
+    Raises TimeoutsNotApplied, with a sentence naming the setting and the fix, when one is
+    not what the configuration asks for (a pooler that dropped the startup options, a role
+    without its settings), and DatabaseUnavailable when the server cannot be reached.
+    """
+    s = _database(app).settings
+    wanted = session_timeouts(s)
+    with app.app_context():
+        rows = execute_query(
+            "SELECT name, setting::bigint AS ms FROM pg_settings WHERE name = ANY(%s)", (list(wanted),)
+        )
+    applied = {row["name"]: row["ms"] for row in rows}
+    wrong = [name for name, ms in wanted.items() if applied.get(name) != ms]
+    if wrong:
+        fix = (
+            "behind PgBouncer (DB_POOLER=pgbouncer) they travel on the role: run `flask --app apps.api.wsgi db"
+            " apply-timeouts` once, then let the pooler reconnect (RECONNECT in its admin console, or a restart)"
+            if s.db_pooler == "pgbouncer"
+            else "a pooler in front drops the options the app sends at connect time: set DB_POOLER=pgbouncer and"
+            " run `flask --app apps.api.wsgi db apply-timeouts`"
+        )
+        found = ", ".join(
+            f"{name} is {applied.get(name)} ms but {SESSION_TIMEOUTS[name]} asks for {wanted[name]}" for name in wrong
+        )
+        raise TimeoutsNotApplied(f"the server's sessions do not run with the configured timeouts ({found}); {fix}.")
+    return applied
+
+
+def apply_session_timeouts() -> dict[str, int]:
+    """Make the configured timeouts the defaults of the app's role in its database; return them.
+
+    ALTER ROLE CURRENT_USER IN DATABASE <this one> SET ...: a role may set its own defaults,
+    and other databases the role uses keep theirs. They apply to sessions started
+    afterwards. Needs an app context.
+    """
+    wanted = session_timeouts(current_app.config["SETTINGS"])
+    with transaction() as cur:
+        cur.execute("SELECT current_database()")
+        database = pgsql.Identifier(cur.fetchone()[0])
+        for name, ms in wanted.items():
+            cur.execute(
+                pgsql.SQL("ALTER ROLE CURRENT_USER IN DATABASE {} SET {} = {}").format(
+                    database, pgsql.Identifier(name), pgsql.Literal(ms)
+                )
+            )
+    return wanted
 
 
 def capacity_info(app: Flask | None = None) -> dict[str, Any] | None:
@@ -273,7 +351,47 @@ def fetch_one(cur: psycopg2.extensions.cursor) -> dict[str, Any] | None:
     return dict(zip([column.name for column in cur.description], row, strict=False))
 
 
-def _borrow(pool: ConnectionPool, timeout: float | None = None) -> PooledConnection:
+def _time_left(db: Database) -> float | None:
+    """Return the seconds left of the running request's database budget, or None outside a request.
+
+    The budget (DB_REQUEST_BUDGET_MS) starts with the request's first database call and
+    covers its waits for a connection and its statements together. Raises BudgetExhausted
+    once it is spent.
+    """
+    state = request_state()
+    if state is None:
+        return None
+    now = time.monotonic()
+    if state.db_deadline is None:
+        state.db_deadline = now + db.budget
+    left = state.db_deadline - now
+    if left <= 0:
+        raise BudgetExhausted(
+            f"this request has used its {db.settings.db_request_budget_ms} ms of database time (DB_REQUEST_BUDGET_MS)"
+        )
+    return left
+
+
+def _within_budget(db: Database, statement: Any) -> Any:
+    """Return the statement, preceded by a shorter statement_timeout when the budget has less left than it."""
+    left = _time_left(db)
+    if left is None:
+        return statement
+    left_ms = max(1, int(left * 1000))
+    if db.statement_timeout_ms and left_ms >= db.statement_timeout_ms:
+        return statement
+    # In the same round trip: a multi-statement query is one transaction, so SET LOCAL ends
+    # with it (nothing reaches the session, which PgBouncer's transaction mode needs).
+    prefix = f"SET LOCAL statement_timeout = {left_ms}; "
+    if isinstance(statement, pgsql.Composable):
+        return pgsql.SQL(prefix) + statement
+    return prefix + statement
+
+
+def _borrow(db: Database, pool: ConnectionPool, timeout: float | None = None) -> PooledConnection:
+    left = _time_left(db)
+    if left is not None:
+        timeout = min(pool.timeout if timeout is None else timeout, left)
     started = time.perf_counter()
     conn = pool.getconn(timeout)
     waited = time.perf_counter() - started
@@ -288,11 +406,11 @@ def _write_result(cur: Cursor) -> Any:
     return fetch_one(cur) if cur.description is not None else cur.rowcount
 
 
-def _joined_statement(cur: Cursor, sql: Any, params: Params, result: Callable[[Cursor], Any]) -> Any:
+def _joined_statement(db: Database, cur: Cursor, sql: Any, params: Params, result: Callable[[Cursor], Any]) -> Any:
     # One statement of an open transaction, undone alone if it fails.
     cur.execute("SAVEPOINT rentals_statement")
     try:
-        cur.execute(sql, params)
+        cur.execute(_within_budget(db, sql), params)
         value = result(cur)
     except psycopg2.Error as exc:
         if _connection_lost(cur.connection, exc):
@@ -304,17 +422,18 @@ def _joined_statement(cur: Cursor, sql: Any, params: Params, result: Callable[[C
 
 
 def _read(sql: str, params: Params, one: bool, timeout: float | None) -> Any:
+    db = _database()
     joined = _joined.get()
     if joined is not None:
-        return _joined_statement(joined, sql, params, fetch_one if one else fetch_all)
-    pool = get_pool()
+        return _joined_statement(db, joined, sql, params, fetch_one if one else fetch_all)
+    pool = db.pool()
     for attempt in (1, 2):
-        conn = _borrow(pool, timeout)
+        conn = _borrow(db, pool, timeout)
         lost = False
         try:
             started = time.perf_counter()
             with conn.cursor() as cur:
-                cur.execute(sql, params)
+                cur.execute(_within_budget(db, sql), params)
                 rows = fetch_one(cur) if one else fetch_all(cur)
             metrics.QUERY_DURATION_BUFFER.observe(time.perf_counter() - started, "read")
             return rows
@@ -336,8 +455,8 @@ def execute_query(sql: str, params: Params = None, *, timeout: float | None = No
 
     Waits up to `timeout` seconds (default DB_POOL_TIMEOUT) for a connection. Retried once
     on another connection if the first one turns out dead. Raises DatabaseUnavailable
-    (busy pool, unreachable server) and psycopg2 errors from the query. Inside a
-    transaction() block it runs in that transaction instead.
+    (busy pool, unreachable server, the request's DB_REQUEST_BUDGET_MS spent) and psycopg2
+    errors from the query. Inside a transaction() block it runs in that transaction instead.
     """
     return _read(sql, params, False, timeout)
 
@@ -355,16 +474,17 @@ def execute_write(sql: str, params: Params = None) -> Any:
     and DatabaseUnavailable is raised. Inside a transaction() block it runs in that
     transaction instead, and commits with it.
     """
+    db = _database()
     joined = _joined.get()
     if joined is not None:
-        return _joined_statement(joined, sql, params, _write_result)
-    pool = get_pool()
-    conn = _borrow(pool)
+        return _joined_statement(db, joined, sql, params, _write_result)
+    pool = db.pool()
+    conn = _borrow(db, pool)
     lost = False
     try:
         started = time.perf_counter()
         with conn.cursor() as cur:
-            cur.execute(sql, params)
+            cur.execute(_within_budget(db, sql), params)
             result = _write_result(cur)
         metrics.QUERY_DURATION_BUFFER.observe(time.perf_counter() - started, "write")
         return result
@@ -391,8 +511,9 @@ def transaction() -> Iterator[Cursor]:
         with _savepoint(outer):
             yield outer
         return
-    pool = get_pool()
-    conn = _borrow(pool)
+    db = _database()
+    pool = db.pool()
+    conn = _borrow(db, pool)
     lost = False
     try:
         started = time.perf_counter()

@@ -12,7 +12,7 @@ Nothing here knows of Flask or HTTP.
 from __future__ import annotations
 
 from . import base
-from .errors import DatabaseUnavailable, PoolClosed, PoolTimeout, TooManyRequests
+from .errors import BudgetExhausted, DatabaseUnavailable, PoolClosed, PoolTimeout, TooManyRequests
 from .null_pool import NullConnectionPool
 from .pool import ConnectionPool, PooledConnection
 
@@ -20,6 +20,7 @@ POOL_CLASSES: dict[str, type[ConnectionPool]] = {cls.mode: cls for cls in (Conne
 
 __all__ = [
     "POOL_CLASSES",
+    "BudgetExhausted",
     "ConnectionPool",
     "DatabaseUnavailable",
     "NullConnectionPool",

@@ -17,3 +17,7 @@ class TooManyRequests(DatabaseUnavailable):
 
 class PoolClosed(DatabaseUnavailable):
     """The pool is closed: the process is shutting down."""
+
+
+class BudgetExhausted(DatabaseUnavailable):
+    """The caller's time for database work (waits and statements together) has run out."""
