@@ -260,11 +260,15 @@ class DevDatabase:
             parts.path.lstrip("/") or "rentals",
         )
 
-    def prepare(self) -> tuple[AppDatabase, dict | None]:
-        """Create the role and database, migrate, seed on first start; return them and the demo login (or None)."""
+    def prepare(self, *, timeouts_on_role: bool = False) -> tuple[AppDatabase, dict | None]:
+        """Create the role and database, migrate, seed on first start; return them and the demo login (or None).
+
+        `timeouts_on_role`: also make the configured timeouts the role's defaults (`flask db
+        apply-timeouts`), which the app needs behind PgBouncer (DB_POOLER=pgbouncer).
+        """
         target = self.app_database()
         self.server.ensure_role_and_database(target.role, target.password, target.dbname)
-        demo = _migrate_and_seed(target.url)
+        demo = _migrate_and_seed(target.url, timeouts_on_role)
         if demo:
             self.demo_login_file.write_text(json.dumps(demo))
             self.demo_login_file.chmod(0o600)
@@ -273,7 +277,7 @@ class DevDatabase:
         return target, demo
 
 
-def _migrate_and_seed(url: str) -> dict | None:
+def _migrate_and_seed(url: str, timeouts_on_role: bool) -> dict | None:
     from apps.api.app import create_app, migrate, seed
     from apps.api.app.models import database
 
@@ -282,6 +286,9 @@ def _migrate_and_seed(url: str) -> dict | None:
         with app.app_context():
             applied = migrate.upgrade()
             print(f"migrations: {'applied ' + ', '.join(applied) if applied else 'up to date'}", flush=True)
+            if timeouts_on_role:
+                timeouts = database.apply_session_timeouts()
+                print("timeouts on the role: " + ", ".join(f"{k} = {ms} ms" for k, ms in timeouts.items()), flush=True)
             return seed.seed_demo_if_empty()
     finally:
         database.close_pool(app)
