@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test lint format clean bench bench-profile chaos fuzz
+.PHONY: run cluster test lint format clean bench bench-profile chaos fuzz
 
 $(STAMP): requirements.txt requirements-dev.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -15,6 +15,11 @@ $(STAMP): requirements.txt requirements-dev.txt
 ## run: the API under gunicorn on an embedded PostgreSQL with demo data (Ctrl-C stops both)
 run: $(STAMP)
 	$(BIN)/python -m devtools.run_dev
+
+## cluster: make run's database behind PgBouncer (transaction mode), two API hosts behind HAProxy on
+##          127.0.0.1:8000 (Ctrl-C stops everything); installs Debian's pgbouncer and haproxy as root
+cluster: $(STAMP)
+	$(BIN)/python -m devtools.cluster
 
 ## test: lint, format check, import layers and the whole test suite against an embedded PostgreSQL;
 ##       installs Debian's pgbouncer and haproxy first when root (their tests are skipped without
@@ -65,6 +70,6 @@ format: $(STAMP)
 	$(BIN)/ruff format .
 	$(BIN)/ruff check --fix .
 
-## clean: remove the virtualenv and the development database
+## clean: remove the virtualenv, the development database and the cluster's files
 clean:
-	rm -rf $(VENV) .devdb .pytest_cache .ruff_cache .import_linter_cache
+	rm -rf $(VENV) .devdb .cluster .pytest_cache .ruff_cache .import_linter_cache
