@@ -251,6 +251,7 @@ def test_slow_query_answers_503_query_timeout(make_app):
     assert pool_stats(app)["discarded"] == 0
 
 
+@pytest.mark.direct_only(reason="per-app timeouts: behind PgBouncer one set travels on the role")
 def test_lock_wait_past_lock_timeout_answers_503_query_timeout(make_app, items, database_url):
     app = make_app(DB_LOCK_TIMEOUT_MS=200)
 
