@@ -1,4 +1,4 @@
-"""CPU time spent by the app under test, by PostgreSQL and by wrk during one measured point.
+"""CPU time spent by the app under test, by PostgreSQL, by PgBouncer and by wrk during one measured point.
 
 On 2 shared cores throughput is bounded by CPU: the app's workers, the database server
 and the load generator compete for the same cores. Dividing each one's CPU seconds by
@@ -53,28 +53,37 @@ def postmaster_pid(data_dir: Path) -> int | None:
 
 @dataclass
 class CpuSnapshot:
-    """CPU seconds so far of the app's process tree, the database server's, and this process's reaped children (wrk)."""
+    """CPU seconds so far: the app's tree, the database's, our reaped children (wrk), PgBouncer (or None)."""
 
     app: float
     database: float
     load: float
+    pooler: float | None = None
 
 
-def snapshot(app_pid: int, database_pid: int | None) -> CpuSnapshot:
+def snapshot(app_pid: int, database_pid: int | None, pooler_pid: int | None = None) -> CpuSnapshot:
     """Return the CPU seconds used so far by each party."""
     return CpuSnapshot(
         _tree_seconds(app_pid),
         _tree_seconds(database_pid) if database_pid else 0.0,
         _own_children_seconds(),
+        _tree_seconds(pooler_pid) if pooler_pid else None,
     )
 
 
 def per_request_us(before: CpuSnapshot, after: CpuSnapshot, requests: int) -> dict[str, float]:
-    """Return microseconds of CPU per request for the app, the database and wrk between two snapshots."""
+    """Return microseconds of CPU per request for the app, the database, wrk and PgBouncer between two snapshots.
+
+    The "pooler" key is there only when the run has a PgBouncer (its CPU is taken at every
+    point: next to nothing while a direct app runs).
+    """
     if requests <= 0:
         return {}
-    return {
+    per_request = {
         "app": round((after.app - before.app) / requests * 1e6, 1),
         "database": round((after.database - before.database) / requests * 1e6, 1),
         "load": round((after.load - before.load) / requests * 1e6, 1),
     }
+    if before.pooler is not None and after.pooler is not None:
+        per_request["pooler"] = round((after.pooler - before.pooler) / requests * 1e6, 1)
+    return per_request
