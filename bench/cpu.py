@@ -8,6 +8,7 @@ the requests served shows where a request's cost goes, and what the ceiling is.
 from __future__ import annotations
 
 import resource
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -36,6 +37,25 @@ def _tree_seconds(pid: int) -> float:
             continue
         total += times.user + times.system + times.children_user + times.children_system
     return total
+
+
+def wait_idle(pid: int, *, busy: float = 0.1, interval: float = 0.25, timeout: float = 20.0) -> float:
+    """Wait until the process tree of `pid` uses under `busy` of a core over one `interval`; return the seconds waited.
+
+    wrk stops when its duration ends, but the requests already queued at the app still run
+    (their replies go to closed sockets): a slow app's backlog (null mode at 256
+    connections) would otherwise run during the next point, another app's. Gives up after
+    `timeout` seconds.
+    """
+    started = time.monotonic()
+    used = _tree_seconds(pid)
+    while time.monotonic() - started < timeout:
+        time.sleep(interval)
+        now = _tree_seconds(pid)
+        if now - used < busy * interval:
+            break
+        used = now
+    return time.monotonic() - started
 
 
 def _own_children_seconds() -> float:

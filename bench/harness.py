@@ -306,6 +306,13 @@ class Bench:
                     timeout=s.timeout,
                     lua_env=self.lua_env(scenario, name),
                 )
+            self.settle(self.running[name])
+
+    def settle(self, running: servers.RunningApp) -> None:
+        """Wait until the app has served what wrk left queued, so it never runs during the next point."""
+        waited = cpu.wait_idle(running.process.pid)
+        if waited > 1:
+            logger.info("%s took %.1f s to finish the requests queued when wrk stopped", running.spec.name, waited)
 
     def measure_all(self) -> None:
         """Run the plan, saving results.json after every point."""
@@ -341,6 +348,7 @@ class Bench:
                 point.cpu_us = cpu.per_request_us(before, after, point.requests)
                 if stats_before:
                     point.pgbouncer = pooler.point_delta(stats_before, self.pooler.stats())
+                self.settle(running)
             except RuntimeError as exc:
                 point.failed = str(exc)[:500]
                 logger.error("point %s failed: %s", seq, point.failed)
