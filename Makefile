@@ -37,7 +37,7 @@ $(BENCH_STAMP): $(STAMP) bench/requirements.txt
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check -r bench/requirements.txt
 	touch $(BENCH_STAMP)
 
-## bench: load benchmarks vs peer pools, writes bench/REPORT.md and plots (~25 min; not in make test)
+## bench: load benchmarks vs peer pools, writes bench/REPORT.md and plots (~29 min; not in make test)
 ##        BENCH_QUICK=1 make bench: 2-3 min smoke run into bench/results/quick/
 bench: $(BENCH_STAMP)
 	$(BIN)/python -m bench.run

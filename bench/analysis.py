@@ -20,6 +20,10 @@ TARGET_NULL = 12.0
 TARGET_DEEP = 1.5
 LOW_C = 16  # ratios are judged from this many connections up
 ERROR_FREE_KINDS = ("customer", "rentals_list", "rentals_deep", "dashboard")
+# Behind PgBouncer: the API's own pool, and null mode (a connection to PgBouncer per use).
+POOLED, POOLED_NULL = "api-pgbouncer", "api-pgbouncer-null"
+# Ratios within this much of 1.00x are not told apart on 2 shared cores.
+NOISE = 0.05
 
 SCENARIO_LABELS = {
     "customer": "GET /api/customers/<id>",
@@ -129,3 +133,39 @@ def best_peer(res: Results) -> str | None:
             if values:
                 scores[peer] = statistics.median(values)
     return max(scores, key=scores.get) if scores else None
+
+
+def pgbouncer_verdict(res: Results) -> str | None:
+    """Return one sentence, from the paired medians, on which pool mode to run behind PgBouncer; None if unmeasured.
+
+    The ratio compared is req/s api-pgbouncer / req/s api-pgbouncer-null over the points
+    from LOW_C connections up, per scenario measured with both.
+    """
+    figures = []
+    for scenario in res.scenarios():
+        pool_vs_null = summary(res.paired(scenario, POOLED, POOLED_NULL))
+        if pool_vs_null:
+            figures.append((scenario, pool_vs_null, summary(res.paired(scenario, POOLED, "api"))))
+    if not figures:
+        return None
+    medians = [s[0] for _, s, _ in figures]
+    if all(m >= 1 + NOISE for m in medians):
+        advice = "keep the app's own pool behind PgBouncer (DB_POOL_MODE=pool)"
+    elif all(m <= 1 - NOISE for m in medians):
+        advice = "use DB_POOL_MODE=null behind PgBouncer"
+    else:
+        advice = (
+            f"neither mode is ahead by more than {NOISE:.0%} in every scenario, which this machine cannot tell apart"
+        )
+    parts = [
+        f"{fmt_ratio(s[0])} on {SCENARIO_LABELS[scenario]} ({fmt_ratio(s[1])} to {fmt_ratio(s[2])}, {s[3]} pairs)"
+        for scenario, s, _ in figures
+    ]
+    direct = [f"{fmt_ratio(d[0])} on {SCENARIO_LABELS[scenario]}" for scenario, _, d in figures if d is not None]
+    sentence = (
+        "Behind PgBouncer the app's own pool served this many times the requests per second of null mode: "
+        f"{' and '.join(parts)}, paired medians from {LOW_C} connections up"
+    )
+    if direct:
+        sentence += f" (and {' and '.join(direct)} those of the same pool straight to PostgreSQL)"
+    return f"{sentence}: {advice}."

@@ -1,4 +1,4 @@
-"""CPU time spent by the app under test, by PostgreSQL and by wrk during one measured point.
+"""CPU time spent by the app under test, by PostgreSQL, by PgBouncer and by wrk during one measured point.
 
 On 2 shared cores throughput is bounded by CPU: the app's workers, the database server
 and the load generator compete for the same cores. Dividing each one's CPU seconds by
@@ -8,6 +8,7 @@ the requests served shows where a request's cost goes, and what the ceiling is.
 from __future__ import annotations
 
 import resource
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -38,6 +39,25 @@ def _tree_seconds(pid: int) -> float:
     return total
 
 
+def wait_idle(pid: int, *, busy: float = 0.1, interval: float = 0.25, timeout: float = 20.0) -> float:
+    """Wait until the process tree of `pid` uses under `busy` of a core over one `interval`; return the seconds waited.
+
+    wrk stops when its duration ends, but the requests already queued at the app still run
+    (their replies go to closed sockets): a slow app's backlog (null mode at 256
+    connections) would otherwise run during the next point, another app's. Gives up after
+    `timeout` seconds.
+    """
+    started = time.monotonic()
+    used = _tree_seconds(pid)
+    while time.monotonic() - started < timeout:
+        time.sleep(interval)
+        now = _tree_seconds(pid)
+        if now - used < busy * interval:
+            break
+        used = now
+    return time.monotonic() - started
+
+
 def _own_children_seconds() -> float:
     usage = resource.getrusage(resource.RUSAGE_CHILDREN)
     return usage.ru_utime + usage.ru_stime
@@ -53,28 +73,37 @@ def postmaster_pid(data_dir: Path) -> int | None:
 
 @dataclass
 class CpuSnapshot:
-    """CPU seconds so far of the app's process tree, the database server's, and this process's reaped children (wrk)."""
+    """CPU seconds so far: the app's tree, the database's, our reaped children (wrk), PgBouncer (or None)."""
 
     app: float
     database: float
     load: float
+    pooler: float | None = None
 
 
-def snapshot(app_pid: int, database_pid: int | None) -> CpuSnapshot:
+def snapshot(app_pid: int, database_pid: int | None, pooler_pid: int | None = None) -> CpuSnapshot:
     """Return the CPU seconds used so far by each party."""
     return CpuSnapshot(
         _tree_seconds(app_pid),
         _tree_seconds(database_pid) if database_pid else 0.0,
         _own_children_seconds(),
+        _tree_seconds(pooler_pid) if pooler_pid else None,
     )
 
 
 def per_request_us(before: CpuSnapshot, after: CpuSnapshot, requests: int) -> dict[str, float]:
-    """Return microseconds of CPU per request for the app, the database and wrk between two snapshots."""
+    """Return microseconds of CPU per request for the app, the database, wrk and PgBouncer between two snapshots.
+
+    The "pooler" key is there only when the run has a PgBouncer (its CPU is taken at every
+    point: next to nothing while a direct app runs).
+    """
     if requests <= 0:
         return {}
-    return {
+    per_request = {
         "app": round((after.app - before.app) / requests * 1e6, 1),
         "database": round((after.database - before.database) / requests * 1e6, 1),
         "load": round((after.load - before.load) / requests * 1e6, 1),
     }
+    if before.pooler is not None and after.pooler is not None:
+        per_request["pooler"] = round((after.pooler - before.pooler) / requests * 1e6, 1)
+    return per_request

@@ -107,7 +107,8 @@ def start_server(workdir: Path) -> EmbeddedPostgres:
     return server
 
 
-def _flask(args: list[str], env: dict[str, str], timeout: float) -> str:
+def run_flask(args: list[str], env: dict[str, str], timeout: float) -> str:
+    """Run `flask --app apps.api.wsgi ARGS` in a subprocess; return its output, or raise RuntimeError with its end."""
     result = procs.run([*FLASK, *args], env=env, cwd=ROOT, timeout=timeout)
     if result.returncode != 0:
         raise RuntimeError(f"flask {' '.join(args)} failed ({result.returncode}):\n{result.stdout[-4000:]}")
@@ -200,7 +201,7 @@ def prepare(server: EmbeddedPostgres, settings: BenchSettings, app_env: dict[str
     dataset = Dataset(server=server, database_url=url, domain=domain, seeded_by="synthetic")
 
     started = time.monotonic()
-    out = _flask(["db", "upgrade"], app_env, timeout=300)
+    out = run_flask(["db", "upgrade"], app_env, timeout=300)
     dataset.timings["migrate_s"] = time.monotonic() - started
     dataset.commands.append("flask --app apps.api.wsgi db upgrade")
     logger.info("migrations: %s", out.strip().splitlines()[-1] if out.strip() else "done")
@@ -220,7 +221,7 @@ def prepare(server: EmbeddedPostgres, settings: BenchSettings, app_env: dict[str
             str(settings.seed),
         ]
         logger.info("seeding with the project's command: flask %s", " ".join(args))
-        out = _flask(args, app_env, timeout=1200)
+        out = run_flask(args, app_env, timeout=1200)
         dataset.seeded_by = "project"
         dataset.commands.append("flask --app apps.api.wsgi " + shlex.join(args))
         dataset.facts["seed_output"] = out.strip()[-2000:]
@@ -250,7 +251,7 @@ def prepare(server: EmbeddedPostgres, settings: BenchSettings, app_env: dict[str
             if name_option in options:
                 args += [name_option, "Bench Admin"]
                 break
-        _flask(args, {**app_env, "NEW_USER_PASSWORD": dataset.admin_password}, timeout=120)
+        run_flask(args, {**app_env, "NEW_USER_PASSWORD": dataset.admin_password}, timeout=120)
         dataset.commands.append("NEW_USER_PASSWORD=... flask --app apps.api.wsgi " + shlex.join(args))
 
     dataset.facts.update(_facts(server))

@@ -20,12 +20,11 @@ from urllib.parse import quote
 
 from apps.api.app.config import SETTING_NAMES
 
-from . import analysis, baseline, client, cpu, dataset, load, machine, procs, pyspy, servers
-from .settings import ALL_APPS, ALL_SCENARIOS, ROOT, BenchSettings
+from . import analysis, baseline, client, cpu, dataset, load, machine, pooler, procs, pyspy, servers
+from .settings import ALL_APPS, ALL_SCENARIOS, PGBOUNCER_APPS, ROOT, BenchSettings
 
 logger = logging.getLogger("bench")
 
-CUSTOMER_APPS = ALL_APPS
 STAND_IN_PATH = "/api/health/db/test"
 # Bookings start this far ahead, past anything the seed books, so 409s come from our own writes.
 POST_WINDOW_OFFSET_DAYS = 400
@@ -59,6 +58,7 @@ class Bench:
         self.specs: dict[str, servers.AppSpec] = dict(servers.APPS)
         self.baseline: baseline.Baseline | None = None
         self.running: dict[str, servers.RunningApp] = {}
+        self.pooler: pooler.Pooler | None = None
         self.token: str | None = None
         self.deep: dict[str, Any] | None = None
         self.params_path = self.run_dir / "params.lua"
@@ -133,6 +133,16 @@ class Bench:
             {k: v for k, v in self.data.facts.items() if k in ("customers", "products", "rentals", "database_size")},
         )
 
+    def wants_pgbouncer(self) -> bool:
+        """Return True when a scenario of the run measures an app behind PgBouncer that BENCH_APPS selects."""
+        s = self.settings
+        return any(name in PGBOUNCER_APPS for scenario in s.scenarios for name in s.apps_for(scenario))
+
+    def start_pgbouncer(self) -> None:
+        """Start the run's PgBouncer for the apps behind it (bench/pooler.py); stopped on exit, after them."""
+        assert self.data is not None
+        self.pooler = pooler.start(self.data, self.settings, self.base_env, self.stack, self.logs_dir)
+
     def start_apps(self, names: list[str]) -> None:
         """Start each named app; each is stopped on exit."""
         assert self.data is not None
@@ -140,6 +150,9 @@ class Bench:
         for name in names:
             spec = self.specs[name]
             env = dict(self.base_env)
+            if spec.behind_pgbouncer:
+                assert self.pooler is not None, "start_pgbouncer() comes before the apps behind it"
+                env["DATABASE_URL"] = self.pooler.url
             if spec.kind == "peer":
                 # Peers run the API's gunicorn.conf.py settings; give them a metrics folder of
                 # their own so that file does not create one in /tmp per start.
@@ -154,12 +167,19 @@ class Bench:
     def authenticate(self) -> None:
         """Log in as the admin the dataset created, or fall back to HEALTH_API_TOKEN."""
         assert self.data is not None
-        api = self.running.get("api") or self.running.get("api-null")
+        api = self.any_api()
         if self.data.domain.has_login and self.data.admin_password and api is not None:
             self.token = client.login(api.port, dataset.ADMIN_EMAIL, self.data.admin_password)
             logger.info("logged in as %s", dataset.ADMIN_EMAIL)
         else:
             self.token = None
+
+    def any_api(self) -> servers.RunningApp | None:
+        """Return a running instance of the API (the direct one in pool mode first), or None."""
+        for name in ALL_APPS:
+            if name in self.running and self.running[name].spec.kind == "api":
+                return self.running[name]
+        return None
 
     def decide_scenarios(self) -> None:
         """Record which scenarios can run now, and why the others cannot."""
@@ -192,7 +212,7 @@ class Bench:
         """Walk the rentals list to BENCH_DEEP_ROWS and keep that cursor for the deep-page scenario."""
         if self.availability.get("rentals_deep") is not None or "rentals_deep" not in self.settings.scenarios:
             return
-        api = self.running.get("api") or self.running.get("api-null")
+        api = self.any_api()
         if api is None:
             self.availability["rentals_deep"] = "the API is not among BENCH_APPS"
             return
@@ -237,20 +257,11 @@ class Bench:
 
     def targets(self) -> list[tuple[str, str]]:
         """Return the (scenario, app) pairs to measure, in their forward order."""
-        wanted = self.settings.apps
         pairs = []
         for scenario in self.settings.scenarios:
             if self.availability.get(scenario) is not None:
                 continue
-            names = (
-                list(CUSTOMER_APPS)
-                if scenario == "customer"
-                else ["api", "api-null"]
-                if scenario in self.settings.null_scenarios
-                else ["api"]
-            )
-            selected = [name for name in names if wanted is None or name in wanted]
-            pairs += [(scenario, name) for name in self.with_baseline(selected)]
+            pairs += [(scenario, name) for name in self.with_baseline(self.settings.apps_for(scenario))]
         return pairs
 
     def lua_env(self, scenario: str, app_name: str) -> dict[str, str]:
@@ -295,6 +306,13 @@ class Bench:
                     timeout=s.timeout,
                     lua_env=self.lua_env(scenario, name),
                 )
+            self.settle(self.running[name])
+
+    def settle(self, running: servers.RunningApp) -> None:
+        """Wait until the app has served what wrk left queued, so it never runs during the next point."""
+        waited = cpu.wait_idle(running.process.pid)
+        if waited > 1:
+            logger.info("%s took %.1f s to finish the requests queued when wrk stopped", running.spec.name, waited)
 
     def measure_all(self) -> None:
         """Run the plan, saving results.json after every point."""
@@ -305,6 +323,7 @@ class Bench:
         logger.info("%s points, about %.1f minutes", len(plan), estimate / 60)
         assert self.data is not None
         database_pid = cpu.postmaster_pid(self.data.server.data_dir)
+        pooler_pid = self.pooler.pid if self.pooler else None
         for seq, (round_no, connections, scenario, name) in enumerate(plan, start=1):
             running = self.running[name]
             point = load.Point(scenario, name, connections, round_no, seq)
@@ -322,10 +341,14 @@ class Bench:
                         timeout=s.timeout,
                         lua_env=point_env,
                     )
-                before = cpu.snapshot(running.process.pid, database_pid)
+                stats_before = self.pooler.stats() if self.pooler and running.spec.behind_pgbouncer else {}
+                before = cpu.snapshot(running.process.pid, database_pid, pooler_pid)
                 load.measure(self.wrk, running.url, point, duration=s.duration, timeout=s.timeout, lua_env=point_env)
-                after = cpu.snapshot(running.process.pid, database_pid)
+                after = cpu.snapshot(running.process.pid, database_pid, pooler_pid)
                 point.cpu_us = cpu.per_request_us(before, after, point.requests)
+                if stats_before:
+                    point.pgbouncer = pooler.point_delta(stats_before, self.pooler.stats())
+                self.settle(running)
             except RuntimeError as exc:
                 point.failed = str(exc)[:500]
                 logger.error("point %s failed: %s", seq, point.failed)
@@ -361,6 +384,8 @@ class Bench:
         self.results["pool_stats"] = {
             name: {str(pid): s for pid, s in by_pid.items()} for name, by_pid in stats.items()
         }
+        if self.pooler:
+            self.results["pgbouncer_pools"] = self.pooler.pools()
 
     def run_profiles(self) -> None:
         """Profile the API and the hello ceiling under load with py-spy (after the measurements)."""
@@ -418,7 +443,11 @@ class Bench:
                     **{k: self.base_env[k] for k in shown_env if k in self.base_env},
                     **running.spec.env,
                     "PORT": str(running.port),
-                    "DATABASE_URL": "postgresql://rentals_bench:***@127.0.0.1:<port>/rentals_bench",
+                    "DATABASE_URL": (
+                        f"postgresql://{pooler.POOLED_ROLE}:***@127.0.0.1:<pgbouncer port>/{dataset.DATABASE}"
+                        if running.spec.behind_pgbouncer
+                        else f"postgresql://{dataset.ROLE}:***@127.0.0.1:<port>/{dataset.DATABASE}"
+                    ),
                     "SECRET_KEY": "<random, 43 chars>",
                     "HEALTH_API_TOKEN": "<random, 43 chars>",
                 },
@@ -431,6 +460,8 @@ class Bench:
         }
         if self.baseline:
             meta["baseline"] = self.baseline.describe()
+        if self.pooler:
+            meta["pgbouncer"] = self.pooler.describe()
         meta["customer_path_api"] = self.customer_path_api
         meta["stand_in"] = self.customer_path_api == STAND_IN_PATH
         meta["deep"] = {k: v for k, v in (self.deep or {}).items() if k != "cursor"}

@@ -71,8 +71,10 @@ class Point:
     conflicts_409: int = 0
     started_at: float = 0.0
     failed: str | None = None
-    # CPU microseconds per request while wrk ran: app (its gunicorn tree), database, load (wrk)
+    # CPU microseconds per request while wrk ran: app (its gunicorn tree), database, load (wrk), pooler (PgBouncer)
     cpu_us: dict[str, float] = field(default_factory=dict)
+    # Behind PgBouncer: transactions it served, and how long clients waited for a server connection
+    pgbouncer: dict[str, float] = field(default_factory=dict)
 
     @property
     def socket_error_count(self) -> int:

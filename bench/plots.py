@@ -12,6 +12,8 @@ from .servers import app_label
 COLORS = {
     "api": "#d62728",
     "api-null": "#ff9896",
+    "api-pgbouncer": "#17becf",
+    "api-pgbouncer-null": "#9edae5",
     "psycopg2-seeds": "#9467bd",
     "psycopg2-fixed": "#1f77b4",
     "sqlalchemy": "#2ca02c",

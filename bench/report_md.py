@@ -13,6 +13,8 @@ from pathlib import Path
 
 from .analysis import (
     LOW_C,
+    POOLED,
+    POOLED_NULL,
     SCENARIO_LABELS,
     TARGET_DEEP,
     TARGET_HELLO,
@@ -21,8 +23,10 @@ from .analysis import (
     Results,
     best_peer,
     fmt_ratio,
+    pgbouncer_verdict,
     summary,
 )
+from .pooler import LOG_NAME as PGBOUNCER_LOG
 from .pyspy import render as render_profiles
 from .servers import app_label
 
@@ -229,52 +233,163 @@ def ab_section(res: Results) -> list[str]:
     return [*lines, "", "Every pair:", "", *_table(header, pairs), ""]
 
 
-def cpu_section(res: Results, scenario: str = "customer") -> list[str]:
-    """Return where a request's CPU goes per app (its workers, PostgreSQL, wrk), medians over 16-256 connections."""
-    rows = []
-    for app in res.apps(scenario):
-        parts: dict[str, list[float]] = defaultdict(list)
-        rps = []
-        for c in res.connections:
-            if c < LOW_C:
-                continue
-            for point in res.series(scenario, app, c):
-                if point.get("cpu_us") and not point.get("failed"):
-                    for key in ("app", "database", "load"):
-                        parts[key].append(point["cpu_us"][key])
-                    parts["total"].append(sum(point["cpu_us"][key] for key in ("app", "database", "load")))
-                    rps.append(point["rps"])
-        if not parts:
+def _cpu_medians(res: Results, scenario: str, app: str) -> tuple[dict[str, float], float] | None:
+    """Return the median CPU us per request of each party (and their total), and the median req/s, from 16 up."""
+    parts: dict[str, list[float]] = defaultdict(list)
+    rps = []
+    for c in res.connections:
+        if c < LOW_C:
             continue
-        medians = {key: statistics.median(values) for key, values in parts.items()}
-        cores = res.meta["machine"]["nproc"]
+        for point in res.series(scenario, app, c):
+            cpu = point.get("cpu_us")
+            if cpu and not point.get("failed"):
+                for key, value in cpu.items():
+                    parts[key].append(value)
+                parts["total"].append(sum(cpu.values()))
+                rps.append(point["rps"])
+    if not parts:
+        return None
+    return {key: statistics.median(values) for key, values in parts.items()}, statistics.median(rps)
+
+
+def _cpu_rows(res: Results, scenario: str, apps: list[str], with_pooler: bool) -> list[list[str]]:
+    rows = []
+    cores = res.meta["machine"]["nproc"]
+    for app in apps:
+        found = _cpu_medians(res, scenario, app)
+        if found is None:
+            continue
+        medians, rps = found
+        pooler = [f"{medians.get('pooler', 0):.0f}"] if with_pooler else []
         rows.append(
             [
                 app_label(app),
                 f"{medians['app']:.0f}",
                 f"{medians['database']:.0f}",
+                *pooler,
                 f"{medians['load']:.0f}",
                 f"{medians['total']:.0f}",
                 f"{cores * 1e6 / medians['total']:,.0f}" if medians["total"] else "n/a",
-                f"{statistics.median(rps):,.0f}",
+                f"{rps:,.0f}",
             ]
         )
+    return rows
+
+
+def _cpu_header(with_pooler: bool) -> list[str]:
+    pooler = ["PgBouncer us"] if with_pooler else []
+    return ["App", "app us", "PostgreSQL us", *pooler, "wrk us", "total us", "cores / total (req/s)", "measured req/s"]
+
+
+def cpu_section(res: Results, scenario: str = "customer") -> list[str]:
+    """Return where a request's CPU goes per app (its workers, PostgreSQL, PgBouncer, wrk), medians from 16 up."""
+    with_pooler = bool(res.meta.get("pgbouncer"))
+    rows = _cpu_rows(res, scenario, res.apps(scenario), with_pooler)
     if not rows:
         return []
+    pooler = (
+        ", PgBouncer (when the run has one; next to nothing for the apps that do not use it)" if with_pooler else ""
+    )
     return [
         f"## Where a request's CPU goes: {SCENARIO_LABELS[scenario]}",
         "",
         "CPU microseconds per request while wrk ran (user + system, from /proc via psutil): the app's gunicorn "
-        "processes, the PostgreSQL server (every backend, including ones that exited), and wrk. Medians over the "
-        "points from 16 to 256 connections. All three share the same cores, so the cores divided by the total is "
-        "the throughput the machine could give this app if nothing else ran and the cores never idled.",
+        f"processes, the PostgreSQL server (every backend, including ones that exited){pooler} and wrk. Medians "
+        "over the points from 16 to 256 connections. All share the same cores, so the cores divided by the total "
+        "is the throughput the machine could give this app if nothing else ran and the cores never idled.",
         "",
-        *_table(
-            ["App", "app us", "PostgreSQL us", "wrk us", "total us", "cores / total (req/s)", "measured req/s"],
-            rows,
-        ),
+        *_table(_cpu_header(with_pooler), rows),
         "",
     ]
+
+
+def pgbouncer_section(res: Results) -> list[str]:
+    """Return the API straight to PostgreSQL, behind PgBouncer with its pool, and behind it in null mode."""
+    info = res.meta.get("pgbouncer")
+    scenarios = [s for s in res.scenarios() if {POOLED, POOLED_NULL} & set(res.apps(s))]
+    if not info or not scenarios:
+        return []
+    settings = info["settings"]
+    log = (res.meta.get("logs") or {}).get(PGBOUNCER_LOG)
+    lines = [
+        "## Behind PgBouncer: the app's pool or null mode",
+        "",
+        f"The API three ways, back to back at every round and connection count: straight to PostgreSQL with its "
+        f"pool (`api`), through {info['version'] or 'PgBouncer'} in {settings['pool_mode']} mode with its pool "
+        f"(`{POOLED}`), and through it in null mode, a new connection to PgBouncer for every use "
+        f"(`{POOLED_NULL}`). Both behind PgBouncer run with `DB_POOLER=pgbouncer` and log in as the role "
+        f"`{info['role']}`, which carries the timeouts (`flask db apply-timeouts`). PgBouncer: "
+        + ", ".join(f"`{k}={v}`" for k, v in settings.items() if v != "")
+        + "; `default_pool_size` is the workers x threads of one app, the most transactions it runs at once, "
+        "and one app is loaded at a time. Clients and PgBouncer authenticate with scram-sha-256, so each new "
+        "connection to PgBouncer pays a SCRAM exchange on both ends."
+        + (f" PgBouncer's log: {log['error_lines']} ERROR lines." if log else ""),
+        "",
+    ]
+    verdict = pgbouncer_verdict(res)
+    if verdict:
+        lines += [f"**{verdict}**", ""]
+    apps = ["api", POOLED, POOLED_NULL]
+    for scenario in scenarios:
+        rows = []
+        pairs = {
+            "behind": res.paired(scenario, POOLED, "api"),
+            "null": res.paired(scenario, POOLED_NULL, "api"),
+            "pool_vs_null": res.paired(scenario, POOLED, POOLED_NULL),
+        }
+        for c in res.connections:
+            rps = [res.median(scenario, app, c, "rps") for app in apps]
+            if all(value is None for value in rps):
+                continue
+            p50 = [res.median(scenario, app, c, "p50_ms") for app in apps]
+            waits = [p["pgbouncer"]["wait_us_per_xact"] for p in res.series(scenario, POOLED, c) if p.get("pgbouncer")]
+            rows.append(
+                [
+                    str(c),
+                    *[f"{value:.0f}" if value is not None else "n/a" for value in rps],
+                    " / ".join(f"{value:.1f}" if value is not None else "n/a" for value in p50),
+                    *[
+                        _fmt_summary(summary({c: ratios[c]}, low=1)) if ratios.get(c) else "n/a"
+                        for ratios in pairs.values()
+                    ],
+                    f"{statistics.median(waits):.0f}" if waits else "n/a",
+                ]
+            )
+        rows.append(
+            [
+                f"{LOW_C} and up",
+                *[""] * (len(apps) + 1),
+                *[_fmt_summary(summary(ratios)) for ratios in pairs.values()],
+                "",
+            ]
+        )
+        header = [
+            "Conns",
+            "api req/s",
+            f"{POOLED} req/s",
+            f"{POOLED_NULL} req/s",
+            "p50 ms (same order)",
+            f"{POOLED} / api",
+            f"{POOLED_NULL} / api",
+            f"{POOLED} / {POOLED_NULL}",
+            f"client wait at PgBouncer, us per transaction ({POOLED})",
+        ]
+        lines += [f"### {SCENARIO_LABELS[scenario]}", "", *_table(header, rows), ""]
+        cpu_rows = _cpu_rows(res, scenario, apps, with_pooler=True)
+        if cpu_rows:
+            lines += [
+                f"CPU per request, {SCENARIO_LABELS[scenario]} (medians from {LOW_C} connections up):",
+                "",
+                *_table(_cpu_header(True), cpu_rows),
+                "",
+            ]
+    lines += [
+        "req/s and p50 are medians over rounds; a ratio divides two apps' req/s at the same round and connection "
+        "count (median, range, pairs). The client wait is PgBouncer's `SHOW STATS` total_wait_time over its "
+        "transactions during the point: the time a query waited for a server connection.",
+        "",
+    ]
+    return lines
 
 
 def pool_stats_section(res: Results) -> list[str]:
@@ -308,7 +423,11 @@ def pool_stats_section(res: Results) -> list[str]:
             "",
             *_table(
                 ["App", "worker boots", "error lines in its log"],
-                [[app_label(app), str(d["worker_boots"]), str(d["error_lines"])] for app, d in logs.items()],
+                [
+                    [app_label(app), str(d["worker_boots"]), str(d["error_lines"])]
+                    for app, d in logs.items()
+                    if app != PGBOUNCER_LOG
+                ],
             ),
             "",
         ]
@@ -477,6 +596,7 @@ def render(res: Results, images: list[str]) -> str:
         if "api-null" in res.apps(scenario):
             lines += ["Paired ratio to the API in null mode (req/s app / req/s null mode):", ""]
             lines += [*ratio_table(res, scenario, "api-null"), ""]
+    lines += pgbouncer_section(res)
     lines += cpu_section(res)
     lines += pool_stats_section(res)
     lines += ["## Profile of the hot path (py-spy)", "", render_profiles(res.data.get("profiles", [])), ""]

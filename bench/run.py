@@ -8,9 +8,11 @@ What one run does, stopping every process it started on success, error, Ctrl-C o
    a non-superuser role owning a database, migrates and seeds it with the project's own
    commands (bench/dataset.py), creates an admin user and logs in for a bearer token;
 2. starts every app on its own free port under gunicorn (gthread, BENCH_WORKERS workers x
-   BENCH_THREADS threads): the API in pool mode and in DB_POOL_MODE=null, the peers of
-   bench/peers/ and the no-database hello app; with BENCH_BASELINE_REF, also the API at that
-   revision (api@<short sha>, from a `git archive` export removed at the end: bench/baseline.py);
+   BENCH_THREADS threads): the API in pool mode and in DB_POOL_MODE=null, the same two
+   behind one PgBouncer in transaction mode (bench/pooler.py, started first, stopped after
+   them), the peers of bench/peers/ and the no-database hello app; with BENCH_BASELINE_REF,
+   also the API at that revision (api@<short sha>, from a `git archive` export removed at
+   the end: bench/baseline.py);
 3. drives each (scenario, app) with wrk at each of BENCH_CONNECTIONS after a warm-up; the
    points of a round run app after app at each connection count, and every other round
    runs the whole sequence reversed, so that drift on the shared machine hits all alike;
@@ -20,8 +22,8 @@ What one run does, stopping every process it started on success, error, Ctrl-C o
 Knobs (env vars, see bench/settings.py): BENCH_QUICK, BENCH_DURATION, BENCH_POINT_WARMUP,
 BENCH_WARMUP, BENCH_ROUNDS, BENCH_CONNECTIONS, BENCH_WORKERS, BENCH_THREADS,
 BENCH_CUSTOMERS, BENCH_PRODUCTS, BENCH_RENTALS, BENCH_SEED, BENCH_SCENARIOS, BENCH_APPS,
-BENCH_NULL_SCENARIOS, BENCH_MIX, BENCH_TIMEOUT, BENCH_DEEP_ROWS, BENCH_PROFILE_SECONDS,
-BENCH_APP_ENV, BENCH_OUT, BENCH_BASELINE_REF.
+BENCH_NULL_SCENARIOS, BENCH_POOLER_SCENARIOS, BENCH_MIX, BENCH_TIMEOUT, BENCH_DEEP_ROWS,
+BENCH_PROFILE_SECONDS, BENCH_APP_ENV, BENCH_OUT, BENCH_BASELINE_REF.
 """
 
 from __future__ import annotations
@@ -35,8 +37,8 @@ from pathlib import Path
 from typing import Any
 
 from . import analysis, load, machine, procs, report
-from .harness import CUSTOMER_APPS, STAND_IN_PATH, Bench
-from .settings import ROOT, BenchConfigError, BenchSettings, load_bench_settings
+from .harness import STAND_IN_PATH, Bench
+from .settings import ALL_APPS, PGBOUNCER_APPS, ROOT, BenchConfigError, BenchSettings, load_bench_settings
 
 logger = logging.getLogger("bench")
 
@@ -60,6 +62,9 @@ def main() -> int:
         return 130
     report.write(bench.results, bench.out_dir)
     log_ab(bench.results)
+    verdict = analysis.pgbouncer_verdict(analysis.Results(bench.results))
+    if verdict:
+        logger.info("%s", verdict)
     logger.info("report: %s (%.1f min)", bench.out_dir / "REPORT.md", (time.monotonic() - started) / 60)
     return 0
 
@@ -71,7 +76,11 @@ def run(settings: BenchSettings, started: float) -> Bench:
         logger.info("run %s, logs in %s", bench.run_id, bench.run_dir.relative_to(ROOT))
         bench.export_baseline()  # before the database: a bad ref fails in a second, not after the seed
         bench.start_database()
-        names = [name for name in CUSTOMER_APPS if settings.apps is None or name in settings.apps]
+        names = [name for name in ALL_APPS if settings.apps is None or name in settings.apps]
+        if bench.wants_pgbouncer():
+            bench.start_pgbouncer()
+        else:
+            names = [name for name in names if name not in PGBOUNCER_APPS]
         bench.start_apps(bench.with_baseline(names))
         bench.authenticate()
         bench.decide_scenarios()

@@ -4,7 +4,9 @@ The Rentals API runs exactly as deployed (`gunicorn -c gunicorn.conf.py apps.api
 configured by env vars); each peer runs under bench/peers/gunicorn_peer.conf.py, which
 copies the API's server settings, with the same workers and threads on the command line.
 With BENCH_BASELINE_REF, `api@<short sha>` is the API at that revision, served the same way
-from its exported folder (bench/baseline.py).
+from its exported folder (bench/baseline.py). `api-pgbouncer` and `api-pgbouncer-null` are
+the API served the same way with DB_POOLER=pgbouncer and DATABASE_URL at the run's PgBouncer
+(bench/pooler.py), with its own pool and in null mode.
 """
 
 from __future__ import annotations
@@ -38,6 +40,11 @@ class AppSpec:
     env: dict[str, str] = field(default_factory=dict)
     root: Path = ROOT  # served from here: its code and, for the API, its gunicorn.conf.py
 
+    @property
+    def behind_pgbouncer(self) -> bool:
+        """Return True when the app reaches PostgreSQL through the run's PgBouncer."""
+        return self.env.get("DB_POOLER") == "pgbouncer"
+
 
 APPS: dict[str, AppSpec] = {
     spec.name: spec
@@ -57,6 +64,22 @@ APPS: dict[str, AppSpec] = {
             "apps.api.wsgi:app",
             "the same code connecting per use: the seeds' 'before'",
             {"DB_POOL_MODE": "null"},
+        ),
+        AppSpec(
+            "api-pgbouncer",
+            "Rentals API (pool) behind PgBouncer",
+            "api",
+            "apps.api.wsgi:app",
+            "the API with its own pool, connected to PgBouncer in transaction mode (DB_POOLER=pgbouncer)",
+            {"DB_POOL_MODE": "pool", "DB_POOLER": "pgbouncer"},
+        ),
+        AppSpec(
+            "api-pgbouncer-null",
+            "Rentals API (null) behind PgBouncer",
+            "api",
+            "apps.api.wsgi:app",
+            "the API connecting to PgBouncer per use (DB_POOL_MODE=null, DB_POOLER=pgbouncer)",
+            {"DB_POOL_MODE": "null", "DB_POOLER": "pgbouncer"},
         ),
         AppSpec(
             "psycopg2-seeds",

@@ -9,6 +9,10 @@ BENCH_APPS=api,hello picks apps by name (default: all of ALL_APPS). BENCH_BASELI
 `api@<short sha>`, served like `api` from an export of that commit under bench/results/<run>/,
 measured right after `api` wherever `api` is, and the report gets a section "A/B against <ref>"
 with the ratio api / api@<sha>. It needs `api` among BENCH_APPS.
+
+BENCH_POOLER_SCENARIOS (default customer,mixed) are the scenarios that also measure the API
+behind PgBouncer in transaction mode, with its own pool (`api-pgbouncer`) and in null mode
+(`api-pgbouncer-null`); the run starts one PgBouncer for them (bench/pooler.py).
 """
 
 from __future__ import annotations
@@ -20,7 +24,19 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 BENCH_DIR = ROOT / "bench"
 
-ALL_APPS = ("api", "api-null", "psycopg2-seeds", "psycopg2-fixed", "sqlalchemy", "psycopg3", "hello")
+ALL_APPS = (
+    "api",
+    "api-null",
+    "api-pgbouncer",
+    "api-pgbouncer-null",
+    "psycopg2-seeds",
+    "psycopg2-fixed",
+    "sqlalchemy",
+    "psycopg3",
+    "hello",
+)
+# The API behind one PgBouncer (transaction mode) that the run starts when it measures either.
+PGBOUNCER_APPS = ("api-pgbouncer", "api-pgbouncer-null")
 ALL_SCENARIOS = ("customer", "rentals_list", "rentals_deep", "dashboard", "rentals_post", "mixed")
 DEFAULT_MIX = "customer:60,rentals_list:20,rentals_post:20"
 
@@ -66,6 +82,7 @@ class BenchSettings:
     apps: tuple[str, ...] | None
     baseline_ref: str | None
     null_scenarios: tuple[str, ...]
+    pooler_scenarios: tuple[str, ...]
     mix: str
     app_env: str
     post_window_days: int
@@ -75,6 +92,19 @@ class BenchSettings:
     def as_dict(self) -> dict:
         """Return the settings as plain JSON-ready values."""
         return asdict(self)
+
+    def apps_for(self, scenario: str) -> list[str]:
+        """Return the apps BENCH_APPS selects that measure `scenario`, in ALL_APPS order (the baseline apart).
+
+        The customer read runs every app; the other scenarios run the API, plus null mode in
+        BENCH_NULL_SCENARIOS; the API behind PgBouncer runs in BENCH_POOLER_SCENARIOS only.
+        """
+        names = set(ALL_APPS) - set(PGBOUNCER_APPS) if scenario == "customer" else {"api"}
+        if scenario in self.null_scenarios:
+            names.add("api-null")
+        if scenario in self.pooler_scenarios:
+            names.update(PGBOUNCER_APPS)
+        return [name for name in ALL_APPS if name in names and (self.apps is None or name in self.apps)]
 
 
 def _get(environ: dict[str, str], name: str, quick: bool, default: str | None = None) -> str:
@@ -145,6 +175,9 @@ def load_bench_settings(environ: dict[str, str] | None = None) -> BenchSettings:
         baseline_ref=baseline_ref,
         null_scenarios=_names(
             _get(environ, "BENCH_NULL_SCENARIOS", quick, "customer,mixed"), ALL_SCENARIOS, "BENCH_NULL_SCENARIOS"
+        ),
+        pooler_scenarios=_names(
+            _get(environ, "BENCH_POOLER_SCENARIOS", quick, "customer,mixed"), ALL_SCENARIOS, "BENCH_POOLER_SCENARIOS"
         ),
         mix=_get(environ, "BENCH_MIX", quick, DEFAULT_MIX),
         app_env=_get(environ, "BENCH_APP_ENV", quick, "production"),
