@@ -135,7 +135,9 @@ def recommendations(
         optimal["high"] = budget.largest_pool(server_max - reserved)
     advice = []
     if s.db_pool_mode == "null":
-        advice.append("DB_POOL_MODE=null opens a connection for every query; use pool unless PgBouncer pools for you")
+        advice.append(
+            "DB_POOL_MODE=null opens a connection and logs in for every query; use pool, behind PgBouncer too"
+        )
     threads_problem = budget.threads_above_pool()
     if threads_problem:
         advice.append(

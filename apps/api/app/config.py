@@ -389,7 +389,7 @@ class Settings(BaseSettings):
     db_pool_mode: Annotated[
         str,
         Choice(POOL_MODES),
-        Doc(POOL, "`pool` keeps connections; `null` opens one per use (behind PgBouncer, or as a baseline)"),
+        Doc(POOL, "`pool` keeps connections (behind PgBouncer too); `null` opens one per use, a baseline"),
     ] = "pool"
     db_pool_min_connections: Annotated[
         int, Whole(0), Doc(POOL, "connections opened at worker start and kept at least; <= DB_POOL_MAX_CONNECTIONS")

@@ -11,8 +11,10 @@ class NullConnectionPool(ConnectionPool):
     """A ConnectionPool that keeps no idle connection (DB_POOL_MODE=null).
 
     Everything else is the same: at most `max_size` connections open at once, the
-    bounded wait, fail-fast reconnects, leak detection and stats. Useful where a pooler
-    in front of the server (PgBouncer) keeps the connections; `min_size` is always 0.
+    bounded wait, fail-fast reconnects, leak detection and stats; `min_size` is always 0.
+    A baseline to measure the pool against: even behind PgBouncer, each borrow pays a
+    connect and a login (bench/REPORT.md, "Behind PgBouncer"), so DB_POOL_MODE=pool is the
+    default there too.
     """
 
     mode = "null"
