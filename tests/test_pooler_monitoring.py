@@ -19,11 +19,14 @@ import psutil
 import psycopg2
 import pytest
 
+from apps.api.app.config import load_settings
 from apps.api.app.metrics import POOLER_PROBE_LOCK
 from apps.api.app.models.database import check_capacity
+from apps.api.app.pgbouncer import PoolerUnreachable, read_figures
 from devtools.embedded_pg import free_port
 from tests.helpers import (
     HEALTH_HEADERS,
+    app_config,
     apply_role_timeouts,
     metric_samples,
     undocumented_metric_families,
@@ -151,6 +154,17 @@ def test_an_unreachable_console_is_reported_and_the_endpoint_still_answers(bounc
     assert any(w.startswith("PgBouncer's figures are unknown") for w in body["warnings"])
     assert any("its limits are unchecked" in a for a in body["recommendations"]["advice"])
     assert secret not in response.get_data(as_text=True)
+
+
+def test_a_short_console_password_is_hidden_without_garbling_the_error():
+    # The console's password is scrubbed from errors as user:password@, never letter by letter.
+    url = f"postgresql://monitor:p@127.0.0.1:{free_port()}/pgbouncer"
+    settings = load_settings(
+        app_config("postgresql://u:pw@127.0.0.1/db", DB_POOLER="pgbouncer", PGBOUNCER_ADMIN_URL=url)
+    )
+    with pytest.raises(PoolerUnreachable) as caught:
+        read_figures(settings)
+    assert "port" in str(caught.value) and "Connection refused" in str(caught.value), caught.value
 
 
 def test_behind_pgbouncer_without_the_console_the_advice_says_how_to_enable_it(bouncer_app):

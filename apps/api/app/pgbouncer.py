@@ -19,7 +19,7 @@ import psycopg2
 import psycopg2.extensions
 import psycopg2.extras
 
-from .config import PGBOUNCER_ADMIN_DATABASE, Settings
+from .config import PGBOUNCER_ADMIN_DATABASE, Settings, redact_url
 
 # libpq waits at least 2 s for a connection whatever is asked; a console that is up answers
 # in milliseconds, so this only bounds an unreachable one.
@@ -60,13 +60,14 @@ def our_pool(database_url: str) -> tuple[str, str]:
 
 
 def _redacted_error(exc: psycopg2.Error, url: str) -> str:
-    # libpq's messages name the host and user, never the password; scrubbed anyway, as a
-    # message may quote what it was given.
+    # libpq's messages name the host and user, never the password; but a message about a
+    # malformed URL may quote it, so the URL's credentials are replaced wherever they appear.
     message = " ".join(str(exc).split()) or type(exc).__name__
     password = urlsplit(url).password
-    for secret in {password, unquote(password or "")} - {None, ""}:
-        message = message.replace(secret, "***")
-    return message
+    if password:
+        for form in {password, unquote(password)}:
+            message = message.replace(f":{form}@", ":***@")
+    return message.replace(url, redact_url(url))
 
 
 def _number(value: Any) -> float:
