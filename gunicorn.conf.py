@@ -138,7 +138,8 @@ control_socket_disable = True
 #               arriving during a long post_fork was lost. Each worker then reads the
 #               timeouts the server really applies to its sessions and refuses to boot
 #               (which stops gunicorn) when one is missing; the first also checks the
-#               connection budget.
+#               connection budget (behind PgBouncer with PGBOUNCER_ADMIN_URL, both sides:
+#               PgBouncer's max_client_conn and its pools against max_connections).
 #   worker_exit - close the worker's pool, so no backend outlives it.
 #   child_exit - forget a dead worker's live gauges (runs in the master).
 #   on_exit - remove the metrics folder if this file made it.

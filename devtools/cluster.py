@@ -11,7 +11,8 @@ timeouts on the role (`flask db apply-timeouts`), where PgBouncer's sessions get
 Each API host runs with .env.dev's settings and what a host behind PgBouncer and a
 balancer sets: DATABASE_URL through
 PgBouncer, DB_POOLER=pgbouncer (no startup `options`, which PgBouncer refuses),
-API_HOSTS=2 and TRUSTED_PROXIES=1. PgBouncer and HAProxy come from Debian's packages
+PGBOUNCER_ADMIN_URL (PgBouncer's figures in /api/health/db and /metrics), API_HOSTS=2 and
+TRUSTED_PROXIES=1. PgBouncer and HAProxy come from Debian's packages
 (installed when missing, as root), run as the embedded PostgreSQL's non-root user, and
 write their generated configuration and their logs into .cluster/ (CLUSTER_DIR).
 
@@ -62,13 +63,13 @@ def api_ports() -> list[int]:
 
 def host_environment(database_url: str, port: int, bouncer: PgBouncer) -> dict[str, str]:
     """Return the environment of one API host: ours, .env.dev's (APP_ENV=dev), and what the cluster sets."""
-    from apps.api.app.config import Settings
-
     env = {
         **os.environ,
         "APP_ENV": "dev",
         "DATABASE_URL": database_url,
         "DB_POOLER": "pgbouncer",
+        # PgBouncer's figures in /api/health/db and /metrics, read as its monitoring user.
+        "PGBOUNCER_ADMIN_URL": bouncer.admin_dsn(),
         "API_HOSTS": str(API_HOSTS),
         # One balancer in front appends the client's address to X-Forwarded-For.
         "TRUSTED_PROXIES": "1",
@@ -77,8 +78,6 @@ def host_environment(database_url: str, port: int, bouncer: PgBouncer) -> dict[s
     }
     # Each host has its own metrics folder, as on two machines (gunicorn.conf.py makes one).
     env.pop("PROMETHEUS_MULTIPROC_DIR", None)
-    if "pgbouncer_admin_url" in Settings.model_fields:
-        env["PGBOUNCER_ADMIN_URL"] = bouncer.admin_dsn()
     return env
 
 
@@ -103,6 +102,9 @@ def main() -> int:
                     database.port,
                     users={target.role: target.password},
                     port=env_port("DEV_PGBOUNCER_PORT", 64329),
+                    # A request waiting at the pooler is ended well within its DB_REQUEST_BUDGET_MS
+                    # (30 s), read retry included (README, Behind PgBouncer).
+                    query_wait_timeout=10,
                 )
             )
             envs = [host_environment(bouncer.dsn(target.dbname, target.role), port, bouncer) for port in ports]

@@ -26,11 +26,11 @@ from devtools.debian import HAPROXY, PGBOUNCER
 from devtools.embedded_pg import EmbeddedPostgres
 from devtools.pgbouncer import PgBouncer
 from tests.helpers import (
-    DEFAULT_SESSION_TIMEOUTS,
     HEALTH_HEADERS,
     TEST_PASSWORD,
     ServerInfo,
     app_config,
+    apply_role_timeouts,
     bearer,
     insert_row,
     load_migrations,
@@ -118,10 +118,7 @@ def database_url(direct_database_url: str, db_route: str, request) -> Iterator[s
     bouncer: PgBouncer = request.getfixturevalue("session_pgbouncer")
     dbname = urlsplit(direct_database_url).path.lstrip("/")
     # What `db apply-timeouts` does: behind PgBouncer the timeouts travel on the role.
-    with psycopg2.connect(direct_database_url) as conn, conn.cursor() as cur:
-        for name, ms in DEFAULT_SESSION_TIMEOUTS.items():
-            cur.execute(f"ALTER ROLE CURRENT_USER IN DATABASE {dbname} SET {name} = {int(ms)}")
-    conn.close()
+    apply_role_timeouts(direct_database_url)
     try:
         yield bouncer.dsn(dbname)
     finally:

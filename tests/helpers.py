@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import os
+import re
 import shutil
 import tempfile
 import threading
@@ -17,6 +18,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
+from urllib.parse import urlsplit
 
 import psycopg2
 from flask import Flask
@@ -104,6 +106,21 @@ def app_config(database_url: str, **overrides: object) -> dict[str, str]:
 DEFAULT_SESSION_TIMEOUTS = database.session_timeouts(load_settings(app_config("postgresql://test@localhost/test"), {}))
 
 
+def apply_role_timeouts(direct_url: str, **timeouts: int) -> None:
+    """Put the test timeouts (or these) on the URL's role in its database, as `db apply-timeouts` would.
+
+    Behind PgBouncer the sessions get them from the role; sessions opened before keep theirs.
+    """
+    dbname = urlsplit(direct_url).path.lstrip("/")
+    conn = psycopg2.connect(direct_url)
+    try:
+        with conn, conn.cursor() as cur:
+            for name, ms in {**DEFAULT_SESSION_TIMEOUTS, **timeouts}.items():
+                cur.execute(f"ALTER ROLE CURRENT_USER IN DATABASE {dbname} SET {name} = {int(ms)}")
+    finally:
+        conn.close()
+
+
 # -- Debian programs (PgBouncer, HAProxy) -------------------------------------------------
 
 
@@ -169,6 +186,29 @@ def give_back(pool: ConnectionPool, conns: list[PooledConnection]) -> None:
 def backend_pid() -> int:
     """Return the backend pid of a connection borrowed from the current app's pool."""
     return execute_query_one("SELECT pg_backend_pid() AS pid")["pid"]
+
+
+# -- metrics ------------------------------------------------------------------------------
+
+README = Path(__file__).resolve().parents[1] / "README.md"
+
+
+def undocumented_metric_families(exposition: str) -> list[str]:
+    """Return the metric families in a /metrics text that the README's metrics table does not list."""
+    readme = README.read_text()
+    families = re.findall(r"^# TYPE (\S+) \S+$", exposition, re.MULTILINE)
+    assert families, "no metric family in the exposition"
+    return [family for family in families if not re.search(rf"`{re.escape(family)}(_total)?[`{{]", readme)]
+
+
+def metric_samples(exposition: str, name: str) -> list[tuple[dict[str, str], float]]:
+    """Return the samples of metric `name` in a /metrics text: (labels, value) each."""
+    samples = []
+    for line in exposition.splitlines():
+        match = re.match(rf"^{re.escape(name)}(?:{{(.*)}})? (\S+)$", line)
+        if match:
+            samples.append((dict(re.findall(r'(\w+)="([^"]*)"', match.group(1) or "")), float(match.group(2))))
+    return samples
 
 
 # -- waiting and threads ------------------------------------------------------------------

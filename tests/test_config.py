@@ -81,6 +81,9 @@ def test_valid_production_settings_load():
         {"SECRET_KEY": "short"},
         {"HEALTH_API_TOKEN": "short"},
         {"DB_POOL_SIZE": "5"},
+        {"PGBOUNCER_ADMIN_URL": "pgbouncer://monitor:s3cret@pooler:6432/pgbouncer"},
+        {"PGBOUNCER_ADMIN_URL": "postgresql://monitor:s3cret@pooler:6432/rentals"},
+        {"PGBOUNCER_ADMIN_URL": "postgresql://monitor:s3cret@pooler:6432/pgbouncer", "DB_POOLER": "none"},
     ],
     ids=lambda changes: ",".join(f"{name}={value!r}" for name, value in changes.items()),
 )
@@ -100,6 +103,14 @@ def test_bad_setting_is_refused_with_a_sentence_naming_it(changes):
 def test_production_refuses_development_default_secrets(env, name, secret):
     with pytest.raises(ConfigError, match=name):
         load_settings(production(APP_ENV=env, **{name: secret}), environ={})
+
+
+def test_pgbouncer_admin_url_is_optional_and_read_behind_pgbouncer():
+    assert load_settings(production(), environ={}).pgbouncer_admin_url == ""
+    url = "postgresql://monitor:s3cret@pooler:6432/pgbouncer"
+    settings = load_settings(production(DB_POOLER="pgbouncer", PGBOUNCER_ADMIN_URL=url), environ={})
+    assert settings.pgbouncer_admin_url == url
+    assert settings.pgbouncer_admin_url_redacted() == "postgresql://monitor:***@pooler:6432/pgbouncer"
 
 
 @pytest.mark.parametrize("env", ["dev", "test"])

@@ -114,6 +114,12 @@ def test_make_cluster_balances_two_hosts_through_pgbouncer_and_sigterm_stops_eve
         assert [request(launcher.port, "GET", "/api/customers?limit=1", token=token)[0] for _ in range(4)] == [200] * 4
         status, body = request(launcher.port, "GET", "/api/health/db", token=DEV_HEALTH_TOKEN)
         assert status == 200 and body["database"]["reachable"], body
+        # Each host reads PgBouncer's console (PGBOUNCER_ADMIN_URL) and counts both hosts.
+        pooler = body["pooler"]
+        assert (pooler["reachable"], pooler["database"], pooler["pool_mode"]) == (True, "rentals", "transaction"), body
+        assert pooler["pool"]["cl_active"] >= 2 and pooler["capacity"]["fits"], pooler
+        assert pooler["capacity"]["client_connections"] == 2 * 1 * 10  # 2 hosts x 1 worker x .env.dev's 10
+        assert body["status"] == "healthy" and body["recommendations"]["advice"] == ["no change needed"], body
 
         # The hosts reach PostgreSQL through PgBouncer: its console (the printed line) shows their clients.
         console = re.search(r"PgBouncer's console: psql '(\S+)'", output).group(1)

@@ -8,13 +8,12 @@ import os
 import re
 import signal
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 
 import pytest
 from prometheus_client import Histogram
 
 from apps.api.app.metrics import BufferedHistogram
-from tests.helpers import HEALTH_HEADERS, HEALTH_TOKEN, bearer, wait_until
+from tests.helpers import HEALTH_HEADERS, HEALTH_TOKEN, bearer, undocumented_metric_families, wait_until
 from tests.support.gunicorn import start_gunicorn, stop_gunicorn
 
 pytestmark = pytest.mark.slow
@@ -86,10 +85,8 @@ def test_metrics_count_requests_from_both_workers(server):
     text = body.decode()
     assert metric_sum(text, count, endpoint="health.health") - before == 200
     assert metric_sum(text, count, endpoint="metrics.prometheus_metrics", status="401") == 1
-    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
-    families = re.findall(r"^# TYPE (\S+) \S+$", text, re.MULTILINE)
-    undocumented = [f for f in families if not re.search(rf"`{re.escape(f)}(_total)?[`{{]", readme)]
-    assert families and not undocumented, f"/metrics exports families the README does not list: {undocumented}"
+    undocumented = undocumented_metric_families(text)
+    assert not undocumented, f"/metrics exports families the README does not list: {undocumented}"
     for name in (
         "rentals_db_pool_acquisitions_total",
         "rentals_db_pool_wait_seconds_count",

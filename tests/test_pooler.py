@@ -20,7 +20,7 @@ from apps.api.app import create_app, migrate
 from apps.api.app.models import database
 from apps.api.app.models.database import TimeoutsNotApplied, check_session_timeouts, execute_query_one
 from devtools.embedded_pg import free_port
-from tests.helpers import DEFAULT_SESSION_TIMEOUTS, app_config, bearer
+from tests.helpers import app_config, apply_role_timeouts, bearer
 from tests.support.faults import locked
 from tests.support.gunicorn import GUNICORN_COMMAND, ROOT, get_json, start_gunicorn, stop_gunicorn
 
@@ -75,22 +75,13 @@ def test_gunicorn_refuses_to_start_when_the_sessions_lack_the_timeouts(app_role_
 # -- through a real PgBouncer in transaction mode -------------------------------------------
 
 
-def _apply_role_timeouts(direct_url: str, **timeouts: int) -> None:
-    """Put timeouts on the superuser's role in this database, as `db apply-timeouts` would."""
-    dbname = direct_url.rsplit("/", 1)[1]
-    with psycopg2.connect(direct_url) as conn, conn.cursor() as cur:
-        for name, ms in {**DEFAULT_SESSION_TIMEOUTS, **timeouts}.items():
-            cur.execute(f"ALTER ROLE CURRENT_USER IN DATABASE {dbname} SET {name} = {int(ms)}")
-    conn.close()
-
-
 def _bouncer_url(bouncer, direct_url: str) -> str:
     return bouncer.dsn(direct_url.rsplit("/", 1)[1])
 
 
 @pytest.mark.pgbouncer
 def test_the_timeouts_on_the_role_are_enforced_through_pgbouncer(make_app, direct_database_url, make_pgbouncer):
-    _apply_role_timeouts(direct_database_url, statement_timeout=1000, lock_timeout=200)
+    apply_role_timeouts(direct_database_url, statement_timeout=1000, lock_timeout=200)
     bouncer = make_pgbouncer()
     app = make_app(
         DATABASE_URL=_bouncer_url(bouncer, direct_database_url),
@@ -118,7 +109,7 @@ def test_nothing_the_app_does_is_left_in_the_server_session_it_shares(
 ):
     # One server connection for every client: whatever a client left in the session, the
     # next one would find.
-    _apply_role_timeouts(direct_database_url)
+    apply_role_timeouts(direct_database_url)
     bouncer = make_pgbouncer(default_pool_size=1)
     url = _bouncer_url(bouncer, direct_database_url)
     # A budget shorter than the statement timeout folds SET LOCAL into every statement.
@@ -167,7 +158,7 @@ def test_gunicorn_behind_pgbouncer_refuses_to_start_without_the_role_timeouts_an
     output = result.stdout + result.stderr
     assert result.returncode != 0, output
     assert "statement_timeout is 0 ms but DB_STATEMENT_TIMEOUT_MS asks for 15000" in output
-    _apply_role_timeouts(direct_database_url)
+    apply_role_timeouts(direct_database_url)
     bouncer.admin("RECONNECT")
     process, port = start_gunicorn(_bouncer_url(bouncer, direct_database_url), DB_POOLER="pgbouncer")
     try:
@@ -181,7 +172,7 @@ def test_gunicorn_behind_pgbouncer_refuses_to_start_without_the_role_timeouts_an
 def test_migrations_apply_through_pgbouncer(make_database, make_pgbouncer):
     url = make_database()
     bouncer = make_pgbouncer()
-    _apply_role_timeouts(url)
+    apply_role_timeouts(url)
     app = create_app(app_config(_bouncer_url(bouncer, url), DB_POOLER="pgbouncer"))
     try:
         result = app.test_cli_runner().invoke(args=["db", "upgrade"])

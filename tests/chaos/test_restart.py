@@ -15,11 +15,12 @@ from tests.support.chaos import (
     SCENARIO_TIMEOUT,
     assert_clean_replies,
     check_bookings,
+    outage_round,
     record,
     summary,
 )
 from tests.support.gunicorn import WORKERS, start_workers, stop_gunicorn, worker_pids
-from tests.support.load import LoadGenerator, Reply, seed_world
+from tests.support.load import LoadGenerator, seed_world
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(SCENARIO_TIMEOUT)]
 
@@ -29,36 +30,6 @@ def prepare_database(server) -> str:
     server.execute("CREATE DATABASE rentals_chaos")
     load_migrations(server.host, server.port, server.user, "rentals_chaos", server.password)
     return server.dsn("rentals_chaos")
-
-
-def outage_round(replies: list[Reply], stopping: float, up: float, pids: set[int]) -> dict[str, Any]:
-    """Check one outage's replies; return its figures.
-
-    503s only from the stop to RECOVERY_LIMIT after the server is back; each worker answers
-    /api/health/db with 200 within RECOVERY_LIMIT of the server being back.
-    """
-    during = [r for r in replies if stopping <= r.started < up]
-    failed = [r for r in replies if not r.ok]
-    early = [r for r in failed if r.ended < stopping]
-    assert not early, f"{len(early)} failures before the fault: {[(r.path, r.status, r.body) for r in early[:3]]}"
-    late = [r for r in failed if r.started > up + RECOVERY_LIMIT]
-    assert not late, f"{len(late)} failures {RECOVERY_LIMIT} s after the server was back: {late[:3]}"
-    assert any(r.status == 503 for r in during), "no request failed during the outage: it proved nothing"
-    recovered_in = {}
-    for pid in pids:
-        first = next(
-            (r for r in replies if r.path == "/api/health/db" and r.started >= up and r.ok and r.body["pid"] == pid),
-            None,
-        )
-        assert first is not None, f"worker {pid} never answered /api/health/db with 200 after the outage"
-        recovered_in[pid] = first.ended - up
-    assert max(recovered_in.values()) <= RECOVERY_LIMIT, f"recovery per worker: {recovered_in}"
-    first_success = min((r.ended for r in replies if r.started >= up and r.ok and r.kind != "health"), default=None)
-    return {
-        "requests_during_outage": summary(during),
-        "recovery_seconds_per_worker": sorted(round(s, 3) for s in recovered_in.values()),
-        "first_success_after_seconds": round(first_success - up, 3) if first_success else None,
-    }
 
 
 def test_database_restart_under_load_answers_503_and_the_same_workers_recover():

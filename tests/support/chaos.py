@@ -39,6 +39,7 @@ DATABASE_CODES = {"database_unavailable", "database_timeout", "database_busy", "
 # The report lists the scenarios in this order (docs/RELIABILITY.md's), whichever file ran first.
 SCENARIOS = (
     "database_restart",
+    "pgbouncer_restart",
     "backends_killed",
     "overload_gunicorn",
     "overload_pool_queue",
@@ -155,6 +156,36 @@ def check_bookings(conn: psycopg2.extensions.connection, world: World, replies: 
         "answered_503": len(errored),
         "answered_503_but_committed": len(committed),
         "rows_in_table": len(rows),
+    }
+
+
+def outage_round(replies: list[Reply], stopping: float, up: float, pids: set[int]) -> dict[str, Any]:
+    """Check one outage's replies (the database, or PgBouncer, down from `stopping` to `up`); return its figures.
+
+    503s only from the stop to RECOVERY_LIMIT after the server is back; each worker answers
+    /api/health/db with 200 within RECOVERY_LIMIT of the server being back.
+    """
+    during = [r for r in replies if stopping <= r.started < up]
+    failed = [r for r in replies if not r.ok]
+    early = [r for r in failed if r.ended < stopping]
+    assert not early, f"{len(early)} failures before the fault: {[(r.path, r.status, r.body) for r in early[:3]]}"
+    late = [r for r in failed if r.started > up + RECOVERY_LIMIT]
+    assert not late, f"{len(late)} failures {RECOVERY_LIMIT} s after the server was back: {late[:3]}"
+    assert any(r.status == 503 for r in during), "no request failed during the outage: it proved nothing"
+    recovered_in = {}
+    for pid in pids:
+        first = next(
+            (r for r in replies if r.path == "/api/health/db" and r.started >= up and r.ok and r.body["pid"] == pid),
+            None,
+        )
+        assert first is not None, f"worker {pid} never answered /api/health/db with 200 after the outage"
+        recovered_in[pid] = first.ended - up
+    assert max(recovered_in.values()) <= RECOVERY_LIMIT, f"recovery per worker: {recovered_in}"
+    first_success = min((r.ended for r in replies if r.started >= up and r.ok and r.kind != "health"), default=None)
+    return {
+        "requests_during_outage": summary(during),
+        "recovery_seconds_per_worker": sorted(round(s, 3) for s in recovered_in.values()),
+        "first_success_after_seconds": round(first_success - up, 3) if first_success else None,
     }
 
 

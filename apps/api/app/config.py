@@ -34,6 +34,8 @@ PROJECT_ROOT = Path(__file__).resolve().parents[3]
 APP_ENVS = ("dev", "preprod", "production", "test")
 POOL_MODES = ("pool", "null")
 POOLERS = ("none", "pgbouncer")
+# PgBouncer's virtual database for its admin console (SHOW POOLS, SHOW STATS...).
+PGBOUNCER_ADMIN_DATABASE = "pgbouncer"
 # Environments that refuse development secrets and short ones.
 STRICT_ENVS = ("production", "preprod")
 MIN_SECRET_LENGTH = 32
@@ -253,6 +255,34 @@ class DatabaseURL(Rule):
 
 
 @dataclass(frozen=True)
+class AdminConsoleURL(Rule):
+    """An optional libpq URL of PgBouncer's admin console (database `pgbouncer`); its password is never shown."""
+
+    def parse(self, name: str, raw: Any) -> str:
+        """Return the URL, or "" when unset; raise ValueError naming `name` when it is not the console's."""
+        value = _text(raw).strip()
+        if not value:
+            return ""
+        example = "postgresql://user:password@host:6432/pgbouncer"
+        if not value.startswith(("postgresql://", "postgres://")):
+            raise ValueError(f"{name} must be a URL like {example}, got {redact_url(value)!r}.")
+        if urlsplit(value).path.strip("/") != PGBOUNCER_ADMIN_DATABASE:
+            raise ValueError(
+                f"{name} must name PgBouncer's admin database, {PGBOUNCER_ADMIN_DATABASE} ({example}),"
+                f" got {redact_url(value)!r}."
+            )
+        return value
+
+    def describe(self) -> str:
+        """Return what is allowed."""
+        return f"empty, or a `postgresql://` URL of the `{PGBOUNCER_ADMIN_DATABASE}` database"
+
+    def show(self, value: Any) -> str:
+        """Return the URL as code, or empty."""
+        return f"`{value}`" if value else "empty"
+
+
+@dataclass(frozen=True)
 class Secret(Rule):
     """A required secret; strict environments refuse development defaults and short ones (see Settings)."""
 
@@ -440,6 +470,18 @@ class Settings(BaseSettings):
             " options; the timeouts travel on the role: `flask --app apps.api.wsgi db apply-timeouts`)",
         ),
     ] = "none"
+    pgbouncer_admin_url: Annotated[
+        str,
+        AdminConsoleURL(),
+        Doc(
+            CONNECTION,
+            "PgBouncer's admin console, as a user in its `stats_users`: adds the pooler's figures for our database"
+            " to `/api/health/db`, `/metrics` and the capacity check (README, Behind PgBouncer); needs"
+            " DB_POOLER=pgbouncer",
+            "",
+            "empty: off",
+        ),
+    ] = ""
     web_concurrency: Annotated[int, Whole(1), Doc(SERVER, "gunicorn worker processes per host; 2 to 4 per core")] = 2
     gunicorn_threads: Annotated[int, Whole(1), Doc(SERVER, "threads per worker; <= DB_POOL_MAX_CONNECTIONS")] = 8
     gunicorn_timeout: Annotated[
@@ -567,6 +609,11 @@ class Settings(BaseSettings):
                 f"DB_POOL_MIN_CONNECTIONS ({self.db_pool_min_connections}) must not be greater than "
                 f"DB_POOL_MAX_CONNECTIONS ({self.db_pool_max_connections}); lower the first or raise the second."
             )
+        if self.pgbouncer_admin_url and self.db_pooler != "pgbouncer":
+            problems.append(
+                f"PGBOUNCER_ADMIN_URL is set but DB_POOLER is {self.db_pooler}; set DB_POOLER=pgbouncer when the app"
+                " reaches PostgreSQL through PgBouncer, or leave PGBOUNCER_ADMIN_URL empty."
+            )
         if self.cors_allow_credentials and "*" in self.cors_origins:
             problems.append(
                 "CORS_ALLOW_CREDENTIALS=true with CORS_ORIGINS=* would let any site send credentialed requests; "
@@ -599,6 +646,10 @@ class Settings(BaseSettings):
     def database_url_redacted(self) -> str:
         """Return DATABASE_URL with its password replaced, safe for logs and replies."""
         return redact_url(self.database_url)
+
+    def pgbouncer_admin_url_redacted(self) -> str:
+        """Return PGBOUNCER_ADMIN_URL with its password replaced, safe for logs and replies."""
+        return redact_url(self.pgbouncer_admin_url)
 
 
 SETTING_NAMES = tuple(name.upper() for name in Settings.model_fields)

@@ -6,13 +6,17 @@ prometheus_client keeps each worker's values in files there, so any worker answe
 
 Pool gauges come in two forms: per worker (`pid` label, gone when the worker dies) and
 summed over the live workers. Counters and histograms are summed over every worker that
-ever ran, as Prometheus expects of counters.
+ever ran, as Prometheus expects of counters. PgBouncer's figures (PGBOUNCER_ADMIN_URL) are
+read by one worker per host (PoolerPublisher) and exported once, without a pid label.
 """
 
 from __future__ import annotations
 
+import logging
+import math
 import os
 import threading
+import time
 from bisect import bisect_left
 from collections import defaultdict
 from typing import Any
@@ -27,8 +31,11 @@ from prometheus_client import (
     generate_latest,
 )
 
+from . import pgbouncer
 from .compat.prometheus_client import SizedFilesCollector, add_observations, bucket_bounds, use_process_identifier
+from .config import Settings
 from .forking import after_fork_in_child
+from .host_singleton import HostSingleton
 from .pool.base import (
     ACQUISITIONS,
     AVAILABLE,
@@ -47,6 +54,8 @@ from .pool.base import (
 )
 
 MULTIPROCESS_DIR_VAR = "PROMETHEUS_MULTIPROC_DIR"
+
+logger = logging.getLogger(__name__)
 
 # In multiprocess mode every metric update asks for the process id to notice a fork;
 # os.getpid() is a system call, several per request. The pid is cached here and
@@ -91,6 +100,59 @@ POOL_WAITING = Gauge(
     "Requests of all live workers waiting for a connection.",
     multiprocess_mode="livesum",
 )
+
+# PgBouncer's figures for our pool (database, user). One worker per host writes them, and
+# `livemostrecent` exports the latest value any live worker wrote, as one series without a
+# pid: the writer's file goes when it dies (child_exit), and the next writer's values are
+# newer. A figure that could not be read is NaN (unknown), never a stale value.
+_POOLER_LABELS = ["database", "user"]
+POOLER_UP = Gauge(
+    "rentals_pgbouncer_up",
+    "1 when this host's last read of PgBouncer's admin console succeeded, else 0.",
+    _POOLER_LABELS,
+    multiprocess_mode="livemostrecent",
+)
+POOLER_CLIENTS = Gauge(
+    "rentals_pgbouncer_clients",
+    "Client connections of our pool at PgBouncer by state (active, waiting for a server connection).",
+    [*_POOLER_LABELS, "state"],
+    multiprocess_mode="livemostrecent",
+)
+POOLER_SERVERS = Gauge(
+    "rentals_pgbouncer_server_connections",
+    "PgBouncer's server connections of our pool by state (active, idle, used, tested, login).",
+    [*_POOLER_LABELS, "state"],
+    multiprocess_mode="livemostrecent",
+)
+POOLER_MAX_WAIT = Gauge(
+    "rentals_pgbouncer_max_wait_seconds",
+    "How long the oldest client of our pool waiting at PgBouncer has waited.",
+    _POOLER_LABELS,
+    multiprocess_mode="livemostrecent",
+)
+POOLER_AVERAGE = Gauge(
+    "rentals_pgbouncer_average_seconds",
+    "PgBouncer's averages for our database over its stats_period, by what (wait, query, transaction).",
+    [*_POOLER_LABELS, "what"],
+    multiprocess_mode="livemostrecent",
+)
+POOLER_RATE = Gauge(
+    "rentals_pgbouncer_per_second",
+    "PgBouncer's average rate for our database over its stats_period, by what (transactions, queries).",
+    [*_POOLER_LABELS, "what"],
+    multiprocess_mode="livemostrecent",
+)
+POOLER_LIMIT = Gauge(
+    "rentals_pgbouncer_limit",
+    "PgBouncer's limits around our pool (pool_size, reserve_pool, max_client_conn, max_db_connections).",
+    [*_POOLER_LABELS, "setting"],
+    multiprocess_mode="livemostrecent",
+)
+_POOLER_CLIENT_STATES = {pgbouncer.CL_ACTIVE: "active", pgbouncer.CL_WAITING: "waiting"}
+_POOLER_SERVER_STATES = {f"sv_{state}": state for state in ("active", "idle", "used", "tested", "login")}
+_POOLER_AVERAGES = {"avg_wait_time_ms": "wait", "avg_query_time_ms": "query", "avg_xact_time_ms": "transaction"}
+_POOLER_RATES = {"avg_xact_count": "transactions", "avg_query_count": "queries"}
+_POOLER_LIMITS = (pgbouncer.POOL_SIZE, pgbouncer.RESERVE_POOL, pgbouncer.MAX_CLIENT_CONN, pgbouncer.MAX_DB_CONNECTIONS)
 
 # Pool stats key -> counter; each is published as the increase since the last publish.
 POOL_COUNTERS = {
@@ -251,6 +313,86 @@ class PoolPublisher:
                 if increase > 0:
                     counter.inc(increase)
                     self._published[key] = stats[key]
+
+
+def publish_pooler(database: str, user: str, figures: dict[str, Any] | None) -> None:
+    """Set the PgBouncer gauges of pool (database, user) from pgbouncer.read_figures(); None: it could not be read."""
+    unknown = math.nan
+    pool = figures["pool"] if figures else {}
+    stats = figures["stats"] if figures else {}
+    limits = figures["limits"] if figures else {}
+    POOLER_UP.labels(database, user).set(1 if figures else 0)
+    for key, state in _POOLER_CLIENT_STATES.items():
+        POOLER_CLIENTS.labels(database, user, state).set(pool.get(key, unknown))
+    for key, state in _POOLER_SERVER_STATES.items():
+        POOLER_SERVERS.labels(database, user, state).set(pool.get(key, unknown))
+    POOLER_MAX_WAIT.labels(database, user).set(pool.get(pgbouncer.MAXWAIT_MS, unknown) / 1000)
+    for key, what in _POOLER_AVERAGES.items():
+        POOLER_AVERAGE.labels(database, user, what).set(stats.get(key, unknown) / 1000)
+    for key, what in _POOLER_RATES.items():
+        POOLER_RATE.labels(database, user, what).set(stats.get(key, unknown))
+    for key in _POOLER_LIMITS:
+        POOLER_LIMIT.labels(database, user, key).set(limits.get(key, unknown))
+
+
+# Lock file in the metrics folder: its holder is the worker that reads PgBouncer for the host.
+POOLER_PROBE_LOCK = "pgbouncer-probe.lock"
+# How often the host's figures are read; the first read comes at the first tick.
+POOLER_PROBE_INTERVAL = 5.0
+
+
+class PoolerPublisher:
+    """Reads PgBouncer's figures for this host and sets the PgBouncer gauges, from one worker per host.
+
+    Every worker's pool maintenance thread calls `tick()` about once a second; only the worker
+    holding the host's lock (HostSingleton on POOLER_PROBE_LOCK in the metrics folder; without
+    a folder, this process) reads, every POOLER_PROBE_INTERVAL seconds, in a thread of its own:
+    an unreachable console holds that thread for up to pgbouncer.CONNECT_TIMEOUT, never the
+    pool's maintenance. When the reader dies, the kernel frees the lock and the next worker to
+    tick takes over and reads at once.
+    """
+
+    def __init__(self, settings: Settings) -> None:
+        self._settings = settings
+        self._database, self._user = pgbouncer.our_pool(settings.database_url)
+        folder = multiprocess_dir()
+        self.singleton = HostSingleton(os.path.join(folder, POOLER_PROBE_LOCK) if folder else None)
+        self._next_read = 0.0
+        self._reading = threading.Lock()
+        self._failing = False
+
+    def tick(self) -> None:
+        """Start a read in the background if this worker reads for the host and one is due; never blocks."""
+        now = time.monotonic()
+        if now < self._next_read or self._reading.locked():
+            return
+        was_reader = self.singleton.held
+        if not self.singleton.acquire():
+            return
+        if not was_reader:
+            logger.info("worker %s reads PgBouncer's figures for this host", os.getpid())
+        self._next_read = now + POOLER_PROBE_INTERVAL
+        threading.Thread(target=self._read, name="pgbouncer-probe", daemon=True).start()
+
+    def _read(self) -> None:
+        with self._reading:
+            try:
+                figures = pgbouncer.read_figures(self._settings)
+            except pgbouncer.PoolerUnreachable as exc:
+                if not self._failing:  # once per outage, not every few seconds
+                    logger.warning("cannot read PgBouncer's figures for the metrics: %s", exc)
+                self._failing = True
+                publish_pooler(self._database, self._user, None)
+                return
+            if self._failing:
+                logger.info("PgBouncer's figures can be read again")
+            self._failing = False
+            publish_pooler(self._database, self._user, figures)
+
+    def close(self) -> None:
+        """Stop reading for the host and let another process take over."""
+        self._next_read = math.inf
+        self.singleton.release()
 
 
 def worker_pool_figures() -> dict[int, dict[str, float]]:

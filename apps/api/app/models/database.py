@@ -34,8 +34,15 @@ import psycopg2.errors
 from flask import Flask, current_app
 from psycopg2 import sql as pgsql
 
-from .. import metrics
-from ..capacity import RESERVED_CONNECTIONS_SQL, Budget, server_capacity
+from .. import metrics, pgbouncer
+from ..capacity import (
+    RESERVED_CONNECTIONS_SQL,
+    Budget,
+    PoolerLimits,
+    pooled_capacity,
+    pooled_problems,
+    server_capacity,
+)
 from ..config import ConfigError, Settings
 from ..context import request_state
 from ..forking import after_fork_in_child
@@ -139,6 +146,7 @@ class Database:
         self._lock = threading.Lock()
         self.capacity: dict[str, Any] | None = None
         self._publish: metrics.PoolPublisher | None = None
+        self._pooler: metrics.PoolerPublisher | None = None
         self._closed_in_pid: int | None = None
         _databases.add(self)
 
@@ -161,6 +169,8 @@ class Database:
             if self._pool is None or self._pool.closed:
                 # None: first use here. Closed: inherited across a fork.
                 self._publish = metrics.PoolPublisher()
+                if self.settings.pgbouncer_admin_url:
+                    self._pooler = metrics.PoolerPublisher(self.settings)
                 self._pool = self._make_pool()
                 self._pool.open()
             return self._pool
@@ -185,13 +195,20 @@ class Database:
             ping_after=s.db_pool_ping_after,
             leak_threshold=s.db_pool_leak_threshold,
             owner=_request_owner,
-            on_tick=self._publish,
+            on_tick=self._tick,
             name=f"{APPLICATION_NAME}[{os.getpid()}]",
             connect_timeout=s.db_connect_timeout,
             application_name=APPLICATION_NAME,
             **connect,
             **TCP_SETTINGS,
         )
+
+    def _tick(self, stats: dict[str, Any]) -> None:
+        # The pool's maintenance thread, about once a second.
+        if self._publish is not None:
+            self._publish(stats)
+        if self._pooler is not None:
+            self._pooler.tick()
 
     def stats(self) -> dict[str, Any]:
         """Return this process's pool stats (published to the metrics too), without opening a pool."""
@@ -209,9 +226,12 @@ class Database:
         """Close this process's pool for good; an inherited one is only forgotten."""
         with self._lock:
             pool, self._pool = self._pool, None
+            pooler, self._pooler = self._pooler, None
             self._closed_in_pid = os.getpid()
         if pool is not None:
             pool.close()
+        if pooler is not None:
+            pooler.close()
 
 
 def init_app(app: Flask, settings: Settings) -> None:
@@ -247,23 +267,42 @@ def pool_stats(app: Flask | None = None) -> dict[str, Any]:
 
 
 def check_capacity(app: Flask) -> dict[str, Any]:
-    """Compare the connections all workers may open with the server's max_connections.
+    """Compare the connections all workers may open with what the server (and PgBouncer) allow.
 
-    Logs a warning when they do not fit; returns the figures (also kept for /api/health/db).
-    Raises DatabaseUnavailable when the server cannot be reached.
+    Without a pooler: hosts x workers x pool against the server's max_connections. Behind
+    PgBouncer with PGBOUNCER_ADMIN_URL: that total against PgBouncer's max_client_conn, and
+    PgBouncer's pools against max_connections (capacity.pooled_problems). Logs a warning per
+    problem; returns the figures (also kept for /api/health/db). Raises DatabaseUnavailable
+    when the server cannot be reached; an unreachable PgBouncer console is logged.
     """
     database = _database(app)
+    settings = database.settings
     with app.app_context():
         row = execute_query_one(
             "SELECT current_setting('max_connections')::int AS max_connections,"
             f" {RESERVED_CONNECTIONS_SQL} AS reserved_connections"
         )
-    budget = Budget.from_settings(database.settings)
-    capacity = server_capacity(budget, row["max_connections"], row["reserved_connections"])
+    budget = Budget.from_settings(settings)
+    server_max, reserved = row["max_connections"], row["reserved_connections"]
+    capacity = server_capacity(budget, server_max, reserved)
     database.capacity = capacity
     if capacity["fits"] is False:
-        overflow = budget.overflow(row["max_connections"], row["reserved_connections"])
-        logger.warning("configured connections do not fit the server: %s", overflow)
+        logger.warning("configured connections do not fit the server: %s", budget.overflow(server_max, reserved))
+    if not budget.pooled:
+        return capacity
+    if not settings.pgbouncer_admin_url:
+        logger.info(
+            "behind PgBouncer: its limits are not checked; set PGBOUNCER_ADMIN_URL to its admin console to check them"
+        )
+        return capacity
+    try:
+        figures = pgbouncer.read_figures(settings)
+    except pgbouncer.PoolerUnreachable as exc:
+        logger.warning("could not check PgBouncer's limits: %s", exc)
+        return capacity
+    capacity["pooler"] = pooled_capacity(budget, PoolerLimits.from_figures(figures["limits"]), server_max, reserved)
+    for problem in pooled_problems(settings, figures["limits"], server_max, reserved):
+        logger.warning("behind PgBouncer: %s", problem)
     return capacity
 
 

@@ -10,9 +10,9 @@ import psutil
 import psycopg2
 from flask import Blueprint, current_app, jsonify
 
-from .. import capacity, metrics
+from .. import capacity, metrics, pgbouncer
 from ..auth import require_health_token
-from ..capacity import RESERVED_CONNECTIONS_SQL
+from ..capacity import RESERVED_CONNECTIONS_SQL, Budget, PoolerLimits
 from ..config import Settings
 from ..errors import retry_after_header
 from ..models.database import (
@@ -63,6 +63,34 @@ def _probe_database(settings: Settings) -> dict[str, Any]:
     return {"reachable": True, "latency_ms": round((time.perf_counter() - started) * 1000, 3), **row}
 
 
+def _read_pooler(settings: Settings) -> dict[str, Any] | None:
+    # PgBouncer's figures for our pool; None without a pooler.
+    if settings.db_pooler != "pgbouncer":
+        return None
+    if not settings.pgbouncer_admin_url:
+        return {"monitored": False}
+    body: dict[str, Any] = {"monitored": True, "admin_url": settings.pgbouncer_admin_url_redacted()}
+    try:
+        figures = pgbouncer.read_figures(settings)
+    except pgbouncer.PoolerUnreachable as exc:
+        return {**body, "reachable": False, "error": str(exc)}
+    return {**body, "reachable": True, **figures}
+
+
+def _queued_at_pooler(pooler: dict[str, Any] | None) -> str | None:
+    # Clients already wait at PgBouncer with no idle server connection: a probe would wait
+    # behind them, up to PgBouncer's query_wait_timeout, and hold this request as long.
+    if not pooler or not pooler.get("reachable"):
+        return None
+    pool = pooler["pool"]
+    if pool[pgbouncer.CL_WAITING] and not pool[pgbouncer.SV_IDLE]:
+        return (
+            f"not probed: {pool[pgbouncer.CL_WAITING]} clients already wait at PgBouncer for a server connection,"
+            " and the probe would wait behind them"
+        )
+    return None
+
+
 def _all_workers(stats: dict[str, Any]) -> dict[str, Any]:
     # Other workers' figures are what they last published (at most about a second old);
     # this worker's are live.
@@ -73,23 +101,33 @@ def _all_workers(stats: dict[str, Any]) -> dict[str, Any]:
     return {"worker_count": len(workers), **summed, "workers": workers}
 
 
-def _recommendations(settings: Settings, stats: dict[str, Any], database: dict[str, Any]) -> dict[str, Any]:
+def _server_limits(database: dict[str, Any]) -> tuple[int | None, int | None]:
     # The probe's figures when it reached the server, else what the startup check measured.
-    source = database if database.get("server_max_connections") else capacity_info() or {}
-    return capacity.recommendations(
-        settings, stats, source.get("server_max_connections"), source.get("server_reserved_connections")
-    )
+    if database.get("server_max_connections"):
+        return database["server_max_connections"], database["server_reserved_connections"]
+    measured = capacity_info() or {}
+    return measured.get("server_max_connections"), measured.get("server_reserved_connections")
 
 
 @bp.get("/db")
 @require_health_token
 def database_health():
-    """Report the pools (this worker's and all of this host's), status and advice; 503 when the database is down."""
+    """Report the pools (this worker's, this host's, PgBouncer's), status and advice; 503 when the database is down.
+
+    An unreachable PgBouncer console is reported (a warning), never a failure of its own.
+    """
     settings: Settings = current_app.config["SETTINGS"]
-    database = _probe_database(settings)
+    # PgBouncer first: its figures say whether the probe may go through it without queueing.
+    pooler = _read_pooler(settings)
+    skipped = _queued_at_pooler(pooler)
+    database = {"reachable": None, "error": skipped} if skipped else _probe_database(settings)
+    server_max, reserved = _server_limits(database)
+    if pooler and pooler.get("reachable"):
+        limits = PoolerLimits.from_figures(pooler["limits"])
+        pooler["capacity"] = capacity.pooled_capacity(Budget.from_settings(settings), limits, server_max, reserved)
     stats = pool_stats()
     all_workers = _all_workers(stats)
-    warnings = capacity.pool_warnings(settings, all_workers, database)
+    warnings = capacity.pool_warnings(settings, all_workers, database) + capacity.pooler_warnings(pooler)
     if database["reachable"] is False:
         status = "error"
     elif warnings:
@@ -103,8 +141,10 @@ def database_health():
         "pool_stats": stats,
         "all_workers": all_workers,
         "warnings": warnings,
-        "recommendations": _recommendations(settings, stats, database),
+        "recommendations": capacity.recommendations(settings, stats, server_max, reserved, pooler),
     }
+    if pooler is not None:
+        body["pooler"] = pooler
     response = jsonify(body)
     if status == "error":
         response.status_code = 503
