@@ -11,7 +11,6 @@ from __future__ import annotations
 import time
 from typing import Any
 
-import psycopg2
 import pytest
 
 from tests.helpers import apply_role_timeouts
@@ -20,10 +19,10 @@ from tests.support.chaos import (
     SCALE,
     SCENARIO_TIMEOUT,
     assert_clean_replies,
-    check_bookings,
+    assert_failures_only_during,
+    load_figures,
     outage_round,
     record,
-    summary,
 )
 from tests.support.gunicorn import WORKERS, each_workers_pool, start_workers, stop_gunicorn, worker_pids
 from tests.support.load import LoadGenerator
@@ -60,13 +59,7 @@ def test_pgbouncer_restart_under_load_answers_503_and_the_same_workers_recover(
     assert "WORKER TIMEOUT" not in output
     # The restart closed the pools' connections: each worker found some dead and opened new ones.
     assert all(pool["discarded"] + pool["connection_errors"] > 0 for pool in pools.values()), pools
-    outside = [
-        r
-        for r in replies
-        if not r.ok
-        and not any(r.ended >= stopping and r.started <= up + RECOVERY_LIMIT for stopping, _, up in restarts)
-    ]
-    assert not outside, f"{len(outside)} failures outside the restarts: {[(r.path, r.status) for r in outside[:5]]}"
+    assert_failures_only_during(replies, restarts)
     figures: dict[str, Any] = {"rounds": []}
     for number, (stopping, down, up) in enumerate(restarts):
         # A restart takes a fraction of a second, so the next one comes before this one's window
@@ -80,13 +73,7 @@ def test_pgbouncer_restart_under_load_answers_503_and_the_same_workers_recover(
                 **outage_round(window, stopping, up, pids),
             }
         )
-    conn = psycopg2.connect(direct_database_url)
-    try:
-        figures["bookings"] = check_bookings(conn, world, replies)
-    finally:
-        conn.close()
-    figures["all_requests"] = summary(replies)
-    figures["writes"] = summary([r for r in replies if r.kind == "write"])
+    figures.update(load_figures(direct_database_url, world, replies))
     figures["pools"] = {
         key: sum(pool[key] for pool in pools.values())
         for key in ("discarded", "connection_errors", "connections_opened")

@@ -14,10 +14,10 @@ from tests.support.chaos import (
     SCALE,
     SCENARIO_TIMEOUT,
     assert_clean_replies,
-    check_bookings,
+    assert_failures_only_during,
+    load_figures,
     outage_round,
     record,
-    summary,
 )
 from tests.support.gunicorn import WORKERS, start_workers, stop_gunicorn, worker_pids
 from tests.support.load import LoadGenerator, seed_world
@@ -64,13 +64,7 @@ def test_database_restart_under_load_answers_503_and_the_same_workers_recover():
         assert pids_after == pids, "a worker was replaced"
         assert output.count("Booting worker") == WORKERS, output[-3000:]
         assert "WORKER TIMEOUT" not in output
-        outside = [
-            r
-            for r in replies
-            if not r.ok
-            and not any(r.ended >= stopping and r.started <= up + RECOVERY_LIMIT for stopping, _, up in rounds)
-        ]
-        assert not outside, f"{len(outside)} failures outside the outages: {[(r.path, r.status) for r in outside[:5]]}"
+        assert_failures_only_during(replies, rounds)
         figures: dict[str, Any] = {"outage_seconds": outage, "rounds": []}
         for stopping, down, up in rounds:
             window = [r for r in replies if stopping - 1 <= r.started < up + RECOVERY_LIMIT + 1]
@@ -81,12 +75,6 @@ def test_database_restart_under_load_answers_503_and_the_same_workers_recover():
                     **outage_round(window, stopping, up, pids),
                 }
             )
-        conn = psycopg2.connect(url)
-        try:
-            figures["bookings"] = check_bookings(conn, world, replies)
-        finally:
-            conn.close()
-        figures["all_requests"] = summary(replies)
-        figures["writes"] = summary([r for r in replies if r.kind == "write"])
+        figures.update(load_figures(url, world, replies))
         figures["same_worker_pids"] = pids_after == pids
         record("database_restart", figures)

@@ -189,6 +189,30 @@ def outage_round(replies: list[Reply], stopping: float, up: float, pids: set[int
     }
 
 
+def assert_failures_only_during(replies: list[Reply], outages: list[tuple[float, float, float]]) -> None:
+    """Assert every failed request overlapped an outage (stopping, down, up) or the recovery after it."""
+    outside = [
+        r
+        for r in replies
+        if not r.ok and not any(r.ended >= stopping and r.started <= up + RECOVERY_LIMIT for stopping, _, up in outages)
+    ]
+    assert not outside, f"{len(outside)} failures outside the outages: {[(r.path, r.status) for r in outside[:5]]}"
+
+
+def load_figures(database_url: str, world: World, replies: list[Reply]) -> dict[str, Any]:
+    """Return the bookings found against those acknowledged, and the replies of all requests and of the writes."""
+    conn = psycopg2.connect(database_url)
+    try:
+        bookings = check_bookings(conn, world, replies)
+    finally:
+        conn.close()
+    return {
+        "bookings": bookings,
+        "all_requests": summary(replies),
+        "writes": summary([r for r in replies if r.kind == "write"]),
+    }
+
+
 def count_rentals(conn: psycopg2.extensions.connection) -> int:
     """Return how many rentals the table holds."""
     with conn.cursor() as cur:
