@@ -530,3 +530,18 @@ def test_a_connect_to_an_unresponsive_server_does_not_block_other_threads(make_a
     assert outcome == ["unreachable"], "the connect did not hang; the test proves nothing"
     assert gave_back_in < 0.5, f"giving a connection back waited {gave_back_in:.1f} s for another thread's connect"
     assert borrowed_in < 0.5, f"borrowing an idle connection waited {borrowed_in:.1f} s for another thread's connect"
+
+
+def test_a_connection_held_past_its_deadline_is_cut_off_and_discarded(make_app):
+    app = make_app(DB_POOL_LEAK_THRESHOLD=0.4)  # the maintenance thread ticks every 0.1 s
+    pool = pool_of(app)
+    conn = pool.getconn(deadline=time.monotonic() + 0.3)
+    started = time.monotonic()
+    with pytest.raises(psycopg2.OperationalError), conn.cursor() as cur:
+        cur.execute("SELECT pg_sleep(5)")  # no server timeout ends it; the deadline does
+    assert time.monotonic() - started < 2.5
+    pool.putconn(conn)
+    stats = pool.stats()
+    assert (stats["interrupted"], stats["discarded"], stats["in_use"]) == (1, 1, 0)
+    with app.app_context():
+        assert execute_query_one("SELECT 1 AS one") == {"one": 1}

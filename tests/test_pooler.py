@@ -182,3 +182,41 @@ def test_migrations_apply_through_pgbouncer(make_database, make_pgbouncer):
         assert again.output.strip() == "database is up to date"
     finally:
         database.close_pool(app)
+
+
+@pytest.mark.pgbouncer
+def test_a_request_queued_at_pgbouncer_is_cut_off_at_its_budget_not_pgbouncers_wait(
+    make_app, direct_database_url, make_pgbouncer, make_user, make_customer
+):
+    # PgBouncer would keep the query queued for its query_wait_timeout (120 s); the server's
+    # timeouts cannot see it. The pool cuts the connection off once the request's budget is
+    # spent, and the request answers 503.
+    apply_role_timeouts(direct_database_url)
+    bouncer = make_pgbouncer(default_pool_size=1)
+    app = make_app(
+        DATABASE_URL=_bouncer_url(bouncer, direct_database_url),
+        DB_POOLER="pgbouncer",
+        DB_REQUEST_BUDGET_MS=600,
+        DB_POOL_LEAK_THRESHOLD=1,  # the maintenance thread ticks every quarter of it
+    )
+    headers, customer = bearer(app, make_user("staff")), make_customer()
+    client = app.test_client()
+    assert client.get(f"/api/customers/{customer['id']}", headers=headers).status_code == 200
+    holder = psycopg2.connect(_bouncer_url(bouncer, direct_database_url), connect_timeout=5)
+    try:
+        with holder.cursor() as cur:
+            cur.execute("SELECT 1")  # holds the only server connection, in a transaction
+        started = time.monotonic()
+        r = client.get(f"/api/customers/{customer['id']}", headers=headers)
+        waited = time.monotonic() - started
+    finally:
+        holder.rollback()
+        holder.close()
+    assert r.status_code == 503, r.json
+    assert r.json["error"]["code"] in ("database_unavailable", "database_budget_exhausted")
+    assert r.headers["Retry-After"] == "2"
+    assert waited < 3, f"the request waited {waited:.1f} s at PgBouncer"
+    assert client.get(f"/api/customers/{customer['id']}", headers=headers).status_code == 200
+    stats = app.test_client().get("/api/health/db", headers={"Authorization": "Bearer test-health-token"}).json
+    assert stats["pool_stats"]["interrupted"] == 1
+    assert any("cut off while held past" in a for a in stats["recommendations"]["advice"])

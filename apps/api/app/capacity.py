@@ -20,6 +20,7 @@ from .pool.base import (
     ACQUISITIONS,
     DISCARDED,
     IN_USE,
+    INTERRUPTED,
     LEAKS_DETECTED,
     MAX_CONNECTIONS,
     PEAK_IN_USE,
@@ -363,6 +364,12 @@ def recommendations(
         )
     if stats.get(DISCARDED):
         advice.append(f"{stats[DISCARDED]} broken connections were discarded: check the server log and network")
+    if stats.get(INTERRUPTED):
+        advice.append(
+            f"{stats[INTERRUPTED]} connections were cut off while held past their request's DB_REQUEST_BUDGET_MS:"
+            " a wait the server did not see (behind PgBouncer: clients queued for a server connection; lower"
+            " query_wait_timeout or raise default_pool_size)"
+        )
     if stats.get(LEAKS_DETECTED):
         advice.append(
             f"{stats[LEAKS_DETECTED]} connections were held past DB_POOL_LEAK_THRESHOLD "

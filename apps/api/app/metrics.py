@@ -43,6 +43,7 @@ from .pool.base import (
     CONNECTIONS_OPENED,
     DISCARDED,
     IN_USE,
+    INTERRUPTED,
     LEAKS_DETECTED,
     MAX_CONNECTIONS,
     RECYCLED,
@@ -165,6 +166,9 @@ POOL_COUNTERS = {
     RECYCLED: Counter("rentals_db_pool_recycled_connections", "Connections closed past DB_POOL_MAX_LIFETIME."),
     SHRUNK: Counter("rentals_db_pool_shrunk_connections", "Idle connections closed after DB_POOL_IDLE_TIMEOUT."),
     LEAKS_DETECTED: Counter("rentals_db_pool_leaks_detected", "Connections held past DB_POOL_LEAK_THRESHOLD."),
+    INTERRUPTED: Counter(
+        "rentals_db_pool_interrupted_connections", "Connections cut off while held past their request's deadline."
+    ),
 }
 
 _FAST_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)

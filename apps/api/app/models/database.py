@@ -431,11 +431,12 @@ def _borrow(db: Database, pool: ConnectionPool, timeout: float | None = None) ->
     left = _time_left(db)
     if left is not None:
         timeout = min(pool.timeout if timeout is None else timeout, left)
+    state = request_state()
     started = time.perf_counter()
-    conn = pool.getconn(timeout)
+    # The request's deadline also bounds a wait the server never sees (PgBouncer's queue).
+    conn = pool.getconn(timeout, deadline=state.db_deadline if state is not None else None)
     waited = time.perf_counter() - started
     metrics.POOL_WAIT_BUFFER.observe(waited)
-    state = request_state()
     if state is not None:
         state.pool_wait += waited
     return conn

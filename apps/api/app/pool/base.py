@@ -27,6 +27,7 @@ SHRUNK = "shrunk"
 PINGS = "pings"
 PING_FAILURES = "ping_failures"
 LEAKS_DETECTED = "leaks_detected"
+INTERRUPTED = "interrupted"
 
 COUNTERS = (
     ACQUISITIONS,
@@ -44,6 +45,7 @@ COUNTERS = (
     PINGS,
     PING_FAILURES,
     LEAKS_DETECTED,
+    INTERRUPTED,
     PEAK_IN_USE,
 )
 # The figures that describe a pool at one moment (the rest are counters since it opened).

@@ -17,6 +17,7 @@ import contextlib
 import logging
 import os
 import random
+import socket
 import threading
 import time
 import weakref
@@ -37,6 +38,7 @@ from .base import (
     COUNTERS,
     DISCARDED,
     IN_USE,
+    INTERRUPTED,
     LEAKS_DETECTED,
     MAX_CONNECTIONS,
     MAX_WAIT_MS,
@@ -68,6 +70,9 @@ _STATUS_UNKNOWN = psycopg2.extensions.TRANSACTION_STATUS_UNKNOWN
 # Fraction of max_lifetime taken off at random per connection, so that connections
 # opened together (at startup, after a restart) are not all recycled at once.
 LIFETIME_JITTER = 0.1
+# How long past its deadline a borrower may still hold a connection before it is cut off:
+# the server's own statement timeout (set to what the deadline leaves) answers first.
+DEADLINE_GRACE = 0.25
 
 
 class PooledConnection(psycopg2.extensions.connection):
@@ -86,10 +91,13 @@ class PooledConnection(psycopg2.extensions.connection):
 
 @dataclass
 class _Checkout:
+    conn: PooledConnection
     acquired_at: float
     owner: object  # str() names the holder in a leak report
     thread: threading.Thread
+    deadline: float | None = None  # monotonic; past it (and the grace), the connection is cut off
     leak_reported: bool = False
+    interrupted: bool = False
 
 
 _live_pools: weakref.WeakSet[ConnectionPool] = weakref.WeakSet()
@@ -245,17 +253,19 @@ class ConnectionPool:
 
     # -- borrowing ----------------------------------------------------------------
 
-    def getconn(self, timeout: float | None = None) -> PooledConnection:
+    def getconn(self, timeout: float | None = None, *, deadline: float | None = None) -> PooledConnection:
         """Borrow a healthy connection; give it back with putconn().
 
         Blocks up to `timeout` seconds (default: the pool's) while all connections are
         out. Raises TooManyRequests at once when max_waiting callers already wait,
         PoolTimeout when none frees up in time, DatabaseUnavailable when no connection
-        can be opened, PoolClosed after close().
+        can be opened, PoolClosed after close(). With a `deadline` (time.monotonic()),
+        a connection still out DEADLINE_GRACE after it is cut off by the maintenance
+        thread: a call blocked on it fails as if the server had gone.
         """
         self._take_slot(self.timeout if timeout is None else timeout)
         try:
-            return self._getconn_checked()
+            return self._getconn_checked(deadline)
         except BaseException:
             self._give_back_slot()
             raise
@@ -314,7 +324,7 @@ class ConnectionPool:
             self._slots -= 1
             self._cond.notify()
 
-    def _getconn_checked(self) -> PooledConnection:
+    def _getconn_checked(self, deadline: float | None) -> PooledConnection:
         # Holding a slot. Each round closes one idle connection or returns, so this ends.
         for _ in range(self.max_size + 1):
             conn = self._getconn_unchecked()
@@ -326,7 +336,7 @@ class ConnectionPool:
             elif self._needs_ping(conn) and not self._ping(conn):
                 self._drop(conn, DISCARDED)
                 continue
-            self._register(conn)
+            self._register(conn, deadline)
             return conn
         raise DatabaseUnavailable("no healthy database connection could be found")
 
@@ -401,8 +411,8 @@ class ConnectionPool:
             conn.pool_epoch = self._epoch
         return True
 
-    def _register(self, conn: PooledConnection) -> None:
-        checkout = _Checkout(time.monotonic(), self._owner(), threading.current_thread())
+    def _register(self, conn: PooledConnection, deadline: float | None) -> None:
+        checkout = _Checkout(conn, time.monotonic(), self._owner(), threading.current_thread(), deadline)
         with self._cond:
             self._out[id(conn)] = checkout
 
@@ -478,6 +488,7 @@ class ConnectionPool:
         tick = max(0.05, min(1.0, self.leak_threshold / 4, self.idle_timeout / 4))
         while not self._stop.wait(tick):
             try:
+                self._interrupt_overdue()
                 self._report_leaks()
                 self._shrink()
                 self._fill_to_min()
@@ -485,6 +496,34 @@ class ConnectionPool:
                     self._on_tick(self.stats())
             except Exception:  # the thread must outlive any one bad round
                 logger.exception("pool %s maintenance failed", self.name)
+
+    def _interrupt_overdue(self) -> None:
+        # A borrower past its deadline that still holds the connection is blocked where the
+        # server's timeouts cannot reach it (queued in a pooler, a network that went quiet):
+        # shutting the socket down makes its call fail now, and the connection is discarded.
+        now = time.monotonic()
+        with self._cond:
+            overdue = [
+                c
+                for c in self._out.values()
+                if c.deadline is not None and not c.interrupted and now > c.deadline + DEADLINE_GRACE
+            ]
+            for checkout in overdue:
+                checkout.interrupted = True
+                self._counters[INTERRUPTED] += 1
+        for checkout in overdue:
+            logger.warning(
+                "pool %s: cut off a connection held by %s %.1f s past its deadline",
+                self.name,
+                str(checkout.owner),
+                now - checkout.deadline,
+            )
+            # Through a duplicate of the descriptor: shutdown acts on the socket both share.
+            with (
+                contextlib.suppress(OSError, psycopg2.Error),
+                socket.socket(fileno=os.dup(checkout.conn.fileno())) as sock,
+            ):
+                sock.shutdown(socket.SHUT_RDWR)
 
     def _report_leaks(self) -> None:
         now = time.monotonic()
