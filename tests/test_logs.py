@@ -31,6 +31,27 @@ def test_the_request_line_escapes_the_method_too(make_app, capfd):
     assert "request\\x20forged)\\u2028x\\x20y /api/health 405 " in lines[0], lines[0]
 
 
+def test_a_request_id_with_a_line_break_after_it_is_replaced_not_logged(make_app, capfd):
+    # gunicorn refuses a line feed in a header; another server might pass it on. The id is
+    # logged as it came only when it is wholly made of the allowed characters.
+    app = make_app(LOG_FORMAT="text", LOG_LEVEL="info")
+    capfd.readouterr()
+    replies = []
+    environ = {
+        "REQUEST_METHOD": "GET",
+        "PATH_INFO": "/api/health",
+        "SERVER_NAME": "test",
+        "SERVER_PORT": "80",
+        "wsgi.url_scheme": "http",
+        "wsgi.input": io.BytesIO(),
+        "HTTP_X_REQUEST_ID": "trace-1\n",  # `$` matches before a final line feed
+    }
+    b"".join(app.wsgi_app(environ, lambda status, headers, exc_info=None: replies.append(dict(headers))))
+    assert re.fullmatch(r"[0-9a-f]{32}", replies[0]["X-Request-ID"]), replies[0]["X-Request-ID"]
+    lines = capfd.readouterr().err.splitlines()
+    assert len(lines) == 1 and RECORD.match(lines[0]) and "trace-1" not in lines[0], lines
+
+
 def emit(formatter: logging.Formatter, message: str, *args: object, error: BaseException | None = None) -> str:
     """Log one warning (with `error`'s traceback) through `formatter`; return what it wrote."""
     stream = io.StringIO()

@@ -25,7 +25,7 @@ from .context import RequestState, current_request
 from .logs import RequestLog
 from .security import reply_headers
 
-_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
+_REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
 # The metric's method label takes these; anything a client invents is counted as OTHER,
 # so made-up methods cannot grow the number of series.
 _METHODS = frozenset(("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"))
@@ -46,7 +46,7 @@ class RequestMiddleware:
         """Serve one request through the app, then record it."""
         started = time.perf_counter()
         incoming = environ.get("HTTP_X_REQUEST_ID")
-        request_id = incoming if incoming and _REQUEST_ID.match(incoming) else uuid.uuid4().hex
+        request_id = incoming if incoming and _REQUEST_ID.fullmatch(incoming) else uuid.uuid4().hex
         state = RequestState(environ, request_id)
         token = current_request.set(state)
         status = [500]  # an exception escaping the app is a 500 to the client
