@@ -24,10 +24,11 @@ from urllib.parse import quote
 import psycopg2
 import psycopg2.extras
 
+from apps.api.app.config import PGBOUNCER_ADMIN_DATABASE
 from devtools.debian import PGBOUNCER
 from devtools.services import BackgroundServer
 
-ADMIN_DATABASE = "pgbouncer"
+ADMIN_DATABASE = PGBOUNCER_ADMIN_DATABASE
 
 
 def ensure_pgbouncer() -> str:

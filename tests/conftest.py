@@ -32,6 +32,7 @@ from tests.helpers import (
     app_config,
     apply_role_timeouts,
     bearer,
+    dbname_of,
     insert_row,
     load_migrations,
     missing_programs_fail,
@@ -116,7 +117,7 @@ def database_url(direct_database_url: str, db_route: str, request) -> Iterator[s
         yield direct_database_url
         return
     bouncer: PgBouncer = request.getfixturevalue("session_pgbouncer")
-    dbname = urlsplit(direct_database_url).path.lstrip("/")
+    dbname = dbname_of(direct_database_url)
     # What `db apply-timeouts` does: behind PgBouncer the timeouts travel on the role.
     apply_role_timeouts(direct_database_url)
     try:

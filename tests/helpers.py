@@ -30,6 +30,7 @@ from apps.api.app.models.database import execute_query_one, get_pool
 from apps.api.app.pool import ConnectionPool, PooledConnection
 from devtools.debian import DebianProgram, ProgramUnavailable
 from devtools.embedded_pg import EmbeddedPostgres
+from devtools.pgbouncer import PgBouncer
 
 HEALTH_TOKEN = "test-health-token"
 # What passes the health endpoints' and /metrics' bearer check.
@@ -111,14 +112,22 @@ def apply_role_timeouts(direct_url: str, **timeouts: int) -> None:
 
     Behind PgBouncer the sessions get them from the role; sessions opened before keep theirs.
     """
-    dbname = urlsplit(direct_url).path.lstrip("/")
     conn = psycopg2.connect(direct_url)
     try:
         with conn, conn.cursor() as cur:
-            for name, ms in {**DEFAULT_SESSION_TIMEOUTS, **timeouts}.items():
-                cur.execute(f"ALTER ROLE CURRENT_USER IN DATABASE {dbname} SET {name} = {int(ms)}")
+            database.set_role_timeouts(cur, {**DEFAULT_SESSION_TIMEOUTS, **timeouts})
     finally:
         conn.close()
+
+
+def dbname_of(url: str) -> str:
+    """Return the database name of a libpq URL."""
+    return urlsplit(url).path.lstrip("/")
+
+
+def through(bouncer: PgBouncer, direct_url: str) -> str:
+    """Return the URL of the same database and user through `bouncer`."""
+    return bouncer.dsn(dbname_of(direct_url))
 
 
 # -- Debian programs (PgBouncer, HAProxy) -------------------------------------------------

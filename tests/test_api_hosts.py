@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.helpers import TEST_PASSWORD, apply_role_timeouts, wait_until
+from tests.helpers import TEST_PASSWORD, apply_role_timeouts, through, wait_until
 from tests.support.gunicorn import POOL_MAX, WORKERS, get_json, start_gunicorn, stop_gunicorn
 from tests.support.load import send
 
@@ -31,7 +31,7 @@ def two_hosts(make_pgbouncer, direct_database_url):
         "PGBOUNCER_ADMIN_URL": bouncer.admin_dsn(),
         "LOGIN_MAX_FAILURES_PER_ACCOUNT": MAX_FAILURES,
     }
-    url = bouncer.dsn(direct_database_url.rsplit("/", 1)[1])
+    url = through(bouncer, direct_database_url)
     processes, ports = [], []
     try:
         for _ in range(HOSTS):

@@ -21,7 +21,7 @@ import pytest
 from devtools.debian import DebianProgram, ProgramUnavailable
 from devtools.embedded_pg import service_user
 from devtools.services import accepts_connections
-from tests.helpers import wait_until
+from tests.helpers import dbname_of, wait_until
 
 pytestmark = pytest.mark.pgbouncer
 
@@ -41,7 +41,7 @@ def one(conn: psycopg2.extensions.connection, sql: str) -> object:
 
 
 def test_a_connection_through_pgbouncer_reaches_the_server(make_pgbouncer, make_database, pg_server):
-    dbname = make_database().rsplit("/", 1)[1]
+    dbname = dbname_of(make_database())
     bouncer = make_pgbouncer()
     conn = connect(bouncer.dsn(dbname))
     try:
@@ -64,7 +64,7 @@ def test_startup_options_are_refused_not_silently_dropped(make_pgbouncer):
 
 
 def test_two_clients_share_one_server_connection_in_turn(make_pgbouncer, make_database):
-    dbname = make_database().rsplit("/", 1)[1]
+    dbname = dbname_of(make_database())
     bouncer = make_pgbouncer(default_pool_size=1)
     first, second = connect(bouncer.dsn(dbname)), connect(bouncer.dsn(dbname))
     try:
@@ -91,7 +91,7 @@ def test_two_clients_share_one_server_connection_in_turn(make_pgbouncer, make_da
 
 
 def test_a_session_set_leaks_to_the_next_client_in_transaction_mode(make_pgbouncer, make_database):
-    dbname = make_database().rsplit("/", 1)[1]
+    dbname = dbname_of(make_database())
     bouncer = make_pgbouncer(default_pool_size=1)
     first, second = connect(bouncer.dsn(dbname)), connect(bouncer.dsn(dbname))
     try:

@@ -20,7 +20,7 @@ from apps.api.app import create_app, migrate
 from apps.api.app.models import database
 from apps.api.app.models.database import TimeoutsNotApplied, check_session_timeouts, execute_query_one
 from devtools.embedded_pg import free_port
-from tests.helpers import app_config, apply_role_timeouts, bearer
+from tests.helpers import app_config, apply_role_timeouts, bearer, through
 from tests.support.faults import locked
 from tests.support.gunicorn import GUNICORN_COMMAND, ROOT, get_json, start_gunicorn, stop_gunicorn
 
@@ -75,16 +75,12 @@ def test_gunicorn_refuses_to_start_when_the_sessions_lack_the_timeouts(app_role_
 # -- through a real PgBouncer in transaction mode -------------------------------------------
 
 
-def _bouncer_url(bouncer, direct_url: str) -> str:
-    return bouncer.dsn(direct_url.rsplit("/", 1)[1])
-
-
 @pytest.mark.pgbouncer
 def test_the_timeouts_on_the_role_are_enforced_through_pgbouncer(make_app, direct_database_url, make_pgbouncer):
     apply_role_timeouts(direct_database_url, statement_timeout=1000, lock_timeout=200)
     bouncer = make_pgbouncer()
     app = make_app(
-        DATABASE_URL=_bouncer_url(bouncer, direct_database_url),
+        DATABASE_URL=through(bouncer, direct_database_url),
         DB_POOLER="pgbouncer",
         DB_STATEMENT_TIMEOUT_MS=1000,
         DB_LOCK_TIMEOUT_MS=200,
@@ -111,7 +107,7 @@ def test_nothing_the_app_does_is_left_in_the_server_session_it_shares(
     # next one would find.
     apply_role_timeouts(direct_database_url)
     bouncer = make_pgbouncer(default_pool_size=1)
-    url = _bouncer_url(bouncer, direct_database_url)
+    url = through(bouncer, direct_database_url)
     # A budget shorter than the statement timeout folds SET LOCAL into every statement.
     app = make_app(DATABASE_URL=url, DB_POOLER="pgbouncer", DB_REQUEST_BUDGET_MS=10_000)
     user, customer, product = make_user("staff"), make_customer(), make_product()
@@ -150,7 +146,7 @@ def test_gunicorn_behind_pgbouncer_refuses_to_start_without_the_role_timeouts_an
 ):
     bouncer = make_pgbouncer()
     settings = app_config(
-        _bouncer_url(bouncer, direct_database_url), PORT=free_port(), DB_POOLER="pgbouncer", GUNICORN_THREADS=4
+        through(bouncer, direct_database_url), PORT=free_port(), DB_POOLER="pgbouncer", GUNICORN_THREADS=4
     )
     result = subprocess.run(
         GUNICORN_COMMAND, cwd=ROOT, env={**os.environ, **settings}, capture_output=True, text=True, timeout=45
@@ -160,7 +156,7 @@ def test_gunicorn_behind_pgbouncer_refuses_to_start_without_the_role_timeouts_an
     assert "statement_timeout is 0 ms but DB_STATEMENT_TIMEOUT_MS asks for 15000" in output
     apply_role_timeouts(direct_database_url)
     bouncer.admin("RECONNECT")
-    process, port = start_gunicorn(_bouncer_url(bouncer, direct_database_url), DB_POOLER="pgbouncer")
+    process, port = start_gunicorn(through(bouncer, direct_database_url), DB_POOLER="pgbouncer")
     try:
         status, body = get_json(port, "/api/health/db/test")
     finally:
@@ -173,7 +169,7 @@ def test_migrations_apply_through_pgbouncer(make_database, make_pgbouncer):
     url = make_database()
     bouncer = make_pgbouncer()
     apply_role_timeouts(url)
-    app = create_app(app_config(_bouncer_url(bouncer, url), DB_POOLER="pgbouncer"))
+    app = create_app(app_config(through(bouncer, url), DB_POOLER="pgbouncer"))
     try:
         result = app.test_cli_runner().invoke(args=["db", "upgrade"])
         assert result.exit_code == 0, result.output
@@ -194,7 +190,7 @@ def test_a_request_queued_at_pgbouncer_is_cut_off_at_its_budget_not_pgbouncers_w
     apply_role_timeouts(direct_database_url)
     bouncer = make_pgbouncer(default_pool_size=1)
     app = make_app(
-        DATABASE_URL=_bouncer_url(bouncer, direct_database_url),
+        DATABASE_URL=through(bouncer, direct_database_url),
         DB_POOLER="pgbouncer",
         DB_REQUEST_BUDGET_MS=600,
         DB_POOL_LEAK_THRESHOLD=1,  # the maintenance thread ticks every quarter of it
@@ -202,7 +198,7 @@ def test_a_request_queued_at_pgbouncer_is_cut_off_at_its_budget_not_pgbouncers_w
     headers, customer = bearer(app, make_user("staff")), make_customer()
     client = app.test_client()
     assert client.get(f"/api/customers/{customer['id']}", headers=headers).status_code == 200
-    holder = psycopg2.connect(_bouncer_url(bouncer, direct_database_url), connect_timeout=5)
+    holder = psycopg2.connect(through(bouncer, direct_database_url), connect_timeout=5)
     try:
         with holder.cursor() as cur:
             cur.execute("SELECT 1")  # holds the only server connection, in a transaction

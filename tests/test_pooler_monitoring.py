@@ -28,18 +28,15 @@ from tests.helpers import (
     HEALTH_HEADERS,
     app_config,
     apply_role_timeouts,
+    dbname_of,
     metric_samples,
+    through,
     undocumented_metric_families,
     wait_until,
 )
 from tests.support.gunicorn import get_json, start_gunicorn, stop_gunicorn, worker_pids
 
 pytestmark = pytest.mark.pgbouncer
-
-
-def dbname_of(url: str) -> str:
-    """Return the database name of a libpq URL."""
-    return url.rsplit("/", 1)[1]
 
 
 @pytest.fixture
@@ -51,7 +48,7 @@ def bouncer_app(make_app, make_pgbouncer, direct_database_url):
     def make(app: dict | None = None, **options: object):
         bouncer = make_pgbouncer(**options)
         settings = {
-            "DATABASE_URL": bouncer.dsn(dbname_of(direct_database_url)),
+            "DATABASE_URL": through(bouncer, direct_database_url),
             "DB_POOLER": "pgbouncer",
             "PGBOUNCER_ADMIN_URL": bouncer.admin_dsn(),
             **(app or {}),
@@ -105,7 +102,7 @@ def test_clients_waiting_at_pgbouncer_turn_the_status_to_warning(bouncer_app, di
     client = app.test_client()
     check_capacity(app)  # what gunicorn's first worker does at start; it also opens the pool
     # Another client holds the pool's only server connection inside a transaction.
-    holder = psycopg2.connect(bouncer.dsn(dbname_of(direct_database_url)), connect_timeout=5)
+    holder = psycopg2.connect(through(bouncer, direct_database_url), connect_timeout=5)
     waiting: list[int] = []
     try:
         with holder.cursor() as cur:
@@ -202,7 +199,7 @@ def test_metrics_export_pgbouncers_figures_once_per_host_read_by_one_worker(
     folder = tmp_path / "metrics"
     folder.mkdir()
     process, port = start_gunicorn(
-        bouncer.dsn(dbname_of(direct_database_url)),
+        through(bouncer, direct_database_url),
         DB_POOLER="pgbouncer",
         PGBOUNCER_ADMIN_URL=bouncer.admin_dsn(),
         PROMETHEUS_MULTIPROC_DIR=folder,

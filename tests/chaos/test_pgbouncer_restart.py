@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from tests.helpers import apply_role_timeouts
+from tests.helpers import apply_role_timeouts, through
 from tests.support.chaos import (
     RECOVERY_LIMIT,
     SCALE,
@@ -35,7 +35,7 @@ def test_pgbouncer_restart_under_load_answers_503_and_the_same_workers_recover(
 ):
     apply_role_timeouts(direct_database_url)
     bouncer = make_pgbouncer()
-    process, port, pids = start_workers(bouncer.dsn(direct_database_url.rsplit("/", 1)[1]), DB_POOLER="pgbouncer")
+    process, port, pids = start_workers(through(bouncer, direct_database_url), DB_POOLER="pgbouncer")
     try:
         restarts = []
         with LoadGenerator(port, world, max_seconds=15 + SCALE * 5) as load:

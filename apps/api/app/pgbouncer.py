@@ -11,7 +11,6 @@ request), the startup capacity check, and the one worker per host that feeds /me
 
 from __future__ import annotations
 
-from decimal import Decimal
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
@@ -19,7 +18,7 @@ import psycopg2
 import psycopg2.extensions
 import psycopg2.extras
 
-from .config import PGBOUNCER_ADMIN_DATABASE, Settings, redact_url
+from .config import PGBOUNCER_ADMIN_DATABASE, Settings
 
 # libpq waits at least 2 s for a connection whatever is asked; a console that is up answers
 # in milliseconds, so this only bounds an unreachable one.
@@ -67,13 +66,11 @@ def _redacted_error(exc: psycopg2.Error, url: str) -> str:
     if password:
         for form in {password, unquote(password)}:
             message = message.replace(f":{form}@", ":***@")
-    return message.replace(url, redact_url(url))
+    return message
 
 
 def _number(value: Any) -> float:
-    # SHOW STATS answers numeric (Decimal), SHOW CONFIG text.
-    if isinstance(value, Decimal):
-        return float(value)
+    # SHOW STATS answers numeric (Decimal), SHOW CONFIG text; float() takes both.
     return float(value or 0)
 
 

@@ -313,6 +313,7 @@ class RequestBufferingWorker(ThreadWorker):
         """Set up as gthread does, plus the head limits and the deadlines (called before the fork)."""
         super().__init__(*args, **kwargs)
         line, section, field_size = compat.head_limits(self.cfg)
+        self._line_limit = line  # named in the 414's message
         # Past this many bytes with no end of the head, the parser, reading them a piece at
         # a time, refuses the head (414 or 431) before it runs out: it never needs more.
         self._head_limit = line + 2 + section + PIECE_SIZE
@@ -434,7 +435,7 @@ class RequestBufferingWorker(ThreadWorker):
             self.log.exception("error handling a request from %s", host)
         else:
             self.log.info("refused a request from %s: %d (%s)", host, status, type(exc).__name__)
-        message = message.format(line_limit=compat.head_limits(self.cfg)[0])
+        message = message.format(line_limit=self._line_limit)
         _send_now(client, self._error_reply(status, code, message))
 
     def _error_reply(self, status: int, code: str, message: str) -> bytes:

@@ -345,15 +345,20 @@ def apply_session_timeouts() -> dict[str, int]:
     """
     wanted = session_timeouts(current_app.config["SETTINGS"])
     with transaction() as cur:
-        cur.execute("SELECT current_database()")
-        database = pgsql.Identifier(cur.fetchone()[0])
-        for name, ms in wanted.items():
-            cur.execute(
-                pgsql.SQL("ALTER ROLE CURRENT_USER IN DATABASE {} SET {} = {}").format(
-                    database, pgsql.Identifier(name), pgsql.Literal(ms)
-                )
-            )
+        set_role_timeouts(cur, wanted)
     return wanted
+
+
+def set_role_timeouts(cur: Cursor, timeouts: dict[str, int]) -> None:
+    """Run ALTER ROLE CURRENT_USER IN DATABASE <the cursor's> SET ... for each timeout (PostgreSQL names, ms)."""
+    cur.execute("SELECT current_database()")
+    database = pgsql.Identifier(cur.fetchone()[0])
+    for name, ms in timeouts.items():
+        cur.execute(
+            pgsql.SQL("ALTER ROLE CURRENT_USER IN DATABASE {} SET {} = {}").format(
+                database, pgsql.Identifier(name), pgsql.Literal(ms)
+            )
+        )
 
 
 def capacity_info(app: Flask | None = None) -> dict[str, Any] | None:

@@ -497,20 +497,23 @@ class ConnectionPool:
             except Exception:  # the thread must outlive any one bad round
                 logger.exception("pool %s maintenance failed", self.name)
 
+    def _flag_checkouts(self, due: Callable[[_Checkout], bool], flag: str, counter: str) -> list[_Checkout]:
+        # The checkouts `due` picks that are not flagged yet: flag them and count them, once.
+        with self._cond:
+            picked = [c for c in self._out.values() if not getattr(c, flag) and due(c)]
+            for checkout in picked:
+                setattr(checkout, flag, True)
+                self._counters[counter] += 1
+        return picked
+
     def _interrupt_overdue(self) -> None:
         # A borrower past its deadline that still holds the connection is blocked where the
         # server's timeouts cannot reach it (queued in a pooler, a network that went quiet):
         # shutting the socket down makes its call fail now, and the connection is discarded.
         now = time.monotonic()
-        with self._cond:
-            overdue = [
-                c
-                for c in self._out.values()
-                if c.deadline is not None and not c.interrupted and now > c.deadline + DEADLINE_GRACE
-            ]
-            for checkout in overdue:
-                checkout.interrupted = True
-                self._counters[INTERRUPTED] += 1
+        overdue = self._flag_checkouts(
+            lambda c: c.deadline is not None and now > c.deadline + DEADLINE_GRACE, "interrupted", INTERRUPTED
+        )
         for checkout in overdue:
             logger.warning(
                 "pool %s: cut off a connection held by %s %.1f s past its deadline",
@@ -527,13 +530,9 @@ class ConnectionPool:
 
     def _report_leaks(self) -> None:
         now = time.monotonic()
-        with self._cond:
-            leaks = [
-                c for c in self._out.values() if not c.leak_reported and now - c.acquired_at >= self.leak_threshold
-            ]
-            for checkout in leaks:
-                checkout.leak_reported = True
-                self._counters[LEAKS_DETECTED] += 1
+        leaks = self._flag_checkouts(
+            lambda c: now - c.acquired_at >= self.leak_threshold, "leak_reported", LEAKS_DETECTED
+        )
         for checkout in leaks:
             logger.warning(
                 "pool %s: possible connection leak: held %.1f s by %s (thread %s)",
