@@ -2,7 +2,8 @@
 
     python -m devtools.debian pgbouncer haproxy
 
-PgBouncer and HAProxy (the tests' pooler pass and `make cluster`) and wrk (`make bench`)
+PgBouncer and HAProxy (the tests' pooler pass and `make cluster`), Prometheus and promtool (the
+alert rules' tests) and wrk (`make bench`)
 come from Debian's packages. `DebianProgram.ensure()` returns the program's path,
 installing the package first when it is missing and we are root; otherwise it raises
 ProgramUnavailable with one sentence saying why and what to run.
@@ -80,8 +81,11 @@ class DebianProgram:
 PGBOUNCER = DebianProgram("pgbouncer", "pgbouncer", service="pgbouncer")
 HAPROXY = DebianProgram("haproxy", "haproxy", service="haproxy")
 WRK = DebianProgram("wrk", "wrk")
+# Debian's prometheus package ships promtool beside the server; both run from our own configuration.
+PROMETHEUS = DebianProgram("prometheus", "prometheus", service="prometheus")
+PROMTOOL = DebianProgram("promtool", "prometheus", service="prometheus")
 # The programs `python -m devtools.debian NAME...` knows by name.
-PROGRAMS = {program.name: program for program in (PGBOUNCER, HAPROXY, WRK)}
+PROGRAMS = {program.name: program for program in (PGBOUNCER, HAPROXY, WRK, PROMETHEUS, PROMTOOL)}
 
 
 def _apt(*args: str) -> subprocess.CompletedProcess:
