@@ -23,13 +23,15 @@ cluster: $(STAMP)
 
 ## test: lint, format check, import layers and the whole test suite against an embedded PostgreSQL;
 ##       installs Debian's pgbouncer and haproxy first when root (their tests are skipped without
-##       them, and fail under CI=true)
+##       them, and fail under CI=true). TEST_WORKERS pytest processes share the files (pytest-xdist),
+##       each with its own PostgreSQL; TEST_WORKERS=0 runs them in this process, one by one.
+TEST_WORKERS ?= 3
 test: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/lint-imports --no-logo
 	$(BIN)/python -m devtools.debian pgbouncer haproxy
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadgroup
 
 BENCH_STAMP := $(VENV)/.bench-installed
 

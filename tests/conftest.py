@@ -64,6 +64,18 @@ def pytest_generate_tests(metafunc) -> None:
     metafunc.parametrize("db_route", ["direct", pytest.param("pgbouncer", marks=pytest.mark.pgbouncer)], indirect=True)
 
 
+def pytest_collection_modifyitems(items) -> None:
+    """Keep each test file on one xdist worker (its module fixtures start once), and the chaos files on one together.
+
+    make test runs `pytest -n N --dist loadgroup`: files spread over the workers, but two chaos
+    scenarios never overlap, since each measures outage windows and latencies that a second one's
+    restarts and load would distort. Without -n the groups mean nothing.
+    """
+    for item in items:
+        path = item.nodeid.split("::", 1)[0]
+        item.add_marker(pytest.mark.xdist_group("chaos" if path.startswith("tests/chaos/") else path))
+
+
 @pytest.fixture
 def db_route(request) -> str:
     """How this test's app reaches PostgreSQL: "direct", or "pgbouncer" (transaction mode)."""
