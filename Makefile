@@ -22,13 +22,13 @@ cluster: $(STAMP)
 	$(BIN)/python -m devtools.cluster
 
 ## test: lint, format check, import layers and the whole test suite against an embedded PostgreSQL;
-##       installs Debian's pgbouncer and haproxy first when root (their tests are skipped without
-##       them, and fail under CI=true)
+##       installs Debian's pgbouncer, haproxy and prometheus (for promtool) first when root (their
+##       tests are skipped without them, and fail under CI=true)
 test: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/lint-imports --no-logo
-	$(BIN)/python -m devtools.debian pgbouncer haproxy
+	$(BIN)/python -m devtools.debian pgbouncer haproxy promtool
 	$(BIN)/python -m pytest
 
 BENCH_STAMP := $(VENV)/.bench-installed
