@@ -1,4 +1,5 @@
-"""A bad setting stops every `flask --app apps.api.wsgi` command with its sentence alone and exit status 2.
+"""A bad setting stops every `flask --app apps.api.wsgi` command with its sentence alone and exit status 2,
+and a database that does not answer stops a command with a sentence too.
 
 gunicorn's side is in test_gunicorn.py (test_gunicorn_refuses_bad_settings_before_starting_workers).
 """
@@ -21,14 +22,10 @@ FLASK_COMMAND = [sys.executable, "-m", "flask", "--app", "apps.api.wsgi"]
 UNREACHABLE_URL = "postgresql://rentals:secret@127.0.0.1:9/rentals"
 
 
-@pytest.mark.parametrize(
-    "command",
-    [["--help"], ["routes"], ["db", "upgrade"], ["users", "create", "--email", "new@example.com"]],
-    ids=" ".join,
-)
-def test_flask_command_refuses_a_bad_setting_with_its_sentence_alone(command):
-    env = {**os.environ, **app_config(UNREACHABLE_URL, DB_POOL_MAX_CONNECTIONS="abc")}
-    result = subprocess.run(
+def flask(command: list[str], **settings: str) -> subprocess.CompletedProcess:
+    """Run a flask command of the app on UNREACHABLE_URL with the test settings and these; return it finished."""
+    env = {**os.environ, **app_config(UNREACHABLE_URL, **settings), "NEW_USER_PASSWORD": "a-long-password"}
+    return subprocess.run(
         [*FLASK_COMMAND, *command],
         cwd=ROOT,
         env=env,
@@ -37,6 +34,27 @@ def test_flask_command_refuses_a_bad_setting_with_its_sentence_alone(command):
         timeout=30,
         stdin=subprocess.DEVNULL,
     )
+
+
+@pytest.mark.parametrize(
+    "command",
+    [["--help"], ["routes"], ["db", "upgrade"], ["users", "create", "--email", "new@example.com"]],
+    ids=" ".join,
+)
+def test_flask_command_refuses_a_bad_setting_with_its_sentence_alone(command):
+    result = flask(command, DB_POOL_MAX_CONNECTIONS="abc")
     assert result.returncode == 2, result.stdout + result.stderr
     assert refusal_lines(result.stderr) == ["DB_POOL_MAX_CONNECTIONS must be a whole number, got 'abc'."]
     assert result.stdout == ""
+
+
+@pytest.mark.parametrize(
+    "command", [["db", "upgrade"], ["users", "create", "--email", "new@example.com"]], ids=" ".join
+)
+def test_flask_command_on_an_unreachable_database_says_so_without_a_traceback(command):
+    result = flask(command)
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert refusal_lines(result.stderr) == [
+        "Error: the database cannot serve this command (the database is unreachable; retrying shortly);"
+        " check that PostgreSQL runs where DATABASE_URL points"
+    ]
