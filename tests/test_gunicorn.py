@@ -50,8 +50,9 @@ def test_gunicorn_serves_from_two_workers_and_stops_cleanly(database_url, admin_
     ],
     ids=["threads-above-pool", "zero-timeout", "not-a-number", "dev-secret-in-production"],
 )
-def test_gunicorn_refuses_bad_settings_before_starting_workers(database_url, settings, sentence):
-    env = {**os.environ, **app_config(database_url, PORT=free_port(), **settings)}
+def test_gunicorn_refuses_bad_settings_before_starting_workers(database_url, tmp_path, settings, sentence):
+    env = {**os.environ, **app_config(database_url, PORT=free_port(), **settings), "TMPDIR": str(tmp_path)}
+    env.pop("PROMETHEUS_MULTIPROC_DIR", None)  # so gunicorn.conf.py makes its own, in TMPDIR
     result = subprocess.run(
         GUNICORN_COMMAND,
         cwd=ROOT,
@@ -67,3 +68,4 @@ def test_gunicorn_refuses_bad_settings_before_starting_workers(database_url, set
     (line,) = refusal_lines(result.stderr)
     assert sentence in line
     assert "Booting worker" not in output
+    assert not list(tmp_path.glob("rentals-metrics-*")), "the refused start left its metrics folder behind"

@@ -18,7 +18,7 @@ import math
 import os
 import re
 import sys
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from contextvars import ContextVar
 from dataclasses import dataclass
 from pathlib import Path
@@ -56,15 +56,18 @@ CONFIG_ERROR_EXIT_STATUS = 2
 
 
 @contextlib.contextmanager
-def exit_on_config_error() -> Iterator[None]:
+def exit_on_config_error(cleanup: Callable[[], object] | None = None) -> Iterator[None]:
     """Run the block; a ConfigError raised in it ends the process: its sentence on stderr, exit status 2.
 
     For the entry points a person starts (gunicorn.conf.py, apps/api/wsgi.py under flask):
     the sentence names the setting and the fix, and a traceback would only bury it.
+    `cleanup` runs first, for what the process made before it read its settings.
     """
     try:
         yield
     except ConfigError as exc:
+        if cleanup is not None:
+            cleanup()
         sys.stderr.write(f"{exc}\n")
         sys.stderr.flush()
         raise SystemExit(CONFIG_ERROR_EXIT_STATUS) from None
