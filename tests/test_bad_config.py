@@ -36,10 +36,10 @@ def flask(command: list[str], **settings: str) -> subprocess.CompletedProcess:
     )
 
 
+# Each command loads the app first: a sample of them, --help included (flask lists the app's
+# commands there and printed the traceback, then exited 0).
 @pytest.mark.parametrize(
-    "command",
-    [["--help"], ["routes"], ["db", "upgrade"], ["users", "create", "--email", "new@example.com"]],
-    ids=" ".join,
+    "command", [["--help"], ["db", "upgrade"], ["users", "create", "--email", "new@example.com"]], ids=" ".join
 )
 def test_flask_command_refuses_a_bad_setting_with_its_sentence_alone(command):
     result = flask(command, DB_POOL_MAX_CONNECTIONS="abc")
@@ -48,11 +48,8 @@ def test_flask_command_refuses_a_bad_setting_with_its_sentence_alone(command):
     assert result.stdout == ""
 
 
-@pytest.mark.parametrize(
-    "command", [["db", "upgrade"], ["users", "create", "--email", "new@example.com"]], ids=" ".join
-)
-def test_flask_command_on_an_unreachable_database_says_so_without_a_traceback(command):
-    result = flask(command)
+def test_flask_command_on_an_unreachable_database_says_so_without_a_traceback():
+    result = flask(["users", "create", "--email", "new@example.com"])
     assert result.returncode == 1, result.stdout + result.stderr
     assert refusal_lines(result.stderr) == [
         "Error: the database cannot serve this command (the database is unreachable; retrying shortly);"
