@@ -22,7 +22,7 @@ from pytest_postgresql import factories
 
 from apps.api.app import create_app
 from apps.api.app.models import database
-from devtools.debian import HAPROXY, PGBOUNCER
+from devtools.debian import HAPROXY, PGBOUNCER, PROMTOOL
 from devtools.embedded_pg import EmbeddedPostgres
 from devtools.pgbouncer import PgBouncer
 from tests.helpers import (
@@ -43,8 +43,8 @@ from tests.helpers import (
 
 @pytest.fixture(autouse=True)
 def _debian_programs(request) -> None:
-    """Skip a test marked pgbouncer or haproxy when the program cannot be had (the reason); fail it under CI=true."""
-    for marker, program in (("pgbouncer", PGBOUNCER), ("haproxy", HAPROXY)):
+    """Skip a test marked with a Debian program it cannot have (saying why); fail it under CI=true."""
+    for marker, program in (("pgbouncer", PGBOUNCER), ("haproxy", HAPROXY), ("promtool", PROMTOOL)):
         if request.node.get_closest_marker(marker) is None:
             continue
         reason = unavailable_reason(program)
