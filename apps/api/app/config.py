@@ -466,6 +466,15 @@ class Settings(BaseSettings):
     db_pool_ping_after: Annotated[
         float, Seconds(positive=False), Doc(POOL, "ping a connection idle this long before use; 0 pings every time")
     ] = 30
+    db_pool_keepalive_seconds: Annotated[
+        float,
+        Seconds(positive=False),
+        Doc(
+            POOL,
+            "idle connections unused this long are checked in the background, without a round trip, for a"
+            " socket the server closed; closed ones are dropped and the pool refills to its minimum; 0: off",
+        ),
+    ] = 5
     db_pool_leak_threshold: Annotated[
         float, Seconds(), Doc(POOL, "log a connection held this long as a possible leak")
     ] = 30
@@ -485,6 +494,15 @@ class Settings(BaseSettings):
         int, Whole(0, unit="ms"), Doc(CONNECTION, "lock waits fail after this (503); 0: no limit")
     ] = 5000
     db_retry_after: Annotated[int, Whole(1, unit="s"), Doc(CONNECTION, "`Retry-After` on every 503")] = 2
+    db_probe_interval_seconds: Annotated[
+        float,
+        Seconds(),
+        Doc(
+            CONNECTION,
+            "one worker per host connects and runs `SELECT 1` this often, traffic or not:"
+            " `rentals_database_up` and the RentalsDatabaseDown alert",
+        ),
+    ] = 5
     db_pooler: Annotated[
         str,
         Choice(POOLERS),
