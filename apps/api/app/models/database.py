@@ -193,6 +193,7 @@ class Database:
             max_lifetime=s.db_pool_max_lifetime,
             idle_timeout=s.db_pool_idle_timeout,
             ping_after=s.db_pool_ping_after,
+            keepalive=s.db_pool_keepalive_seconds,
             leak_threshold=s.db_pool_leak_threshold,
             owner=_request_owner,
             on_tick=self._tick,
