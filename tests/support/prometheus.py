@@ -185,7 +185,7 @@ def measure(folder: Path, *, rounds: int, interval: str, for_duration: str, prob
     """Run `rounds` outages without traffic and `rounds` with light traffic; return each round's figures."""
     figures: dict[str, list[dict[str, Any]]] = {"no traffic": [], "light traffic": []}
     with private_server() as server:
-        process, port = start_gunicorn(server.dsn(), DB_PROBE_INTERVAL_SECONDS=probe_interval, LOG_LEVEL="warning")
+        process, port = start_gunicorn(server.dsn(), DB_PROBE_INTERVAL_SECONDS=probe_interval)
         try:
             with Prometheus(folder, port, interval=interval, for_durations={DATABASE_DOWN: for_duration}) as prom:
                 assert wait_until(lambda: prom.query('rentals_database_up{target="primary"}') == [1.0], timeout=60)
