@@ -459,7 +459,7 @@ class DatabaseProbe:
         for target, dsn in self._targets.items():
             started = time.monotonic()
             try:
-                probe.probe(dsn, self._timeout)
+                seconds = probe.probe(dsn, self._timeout)
             except probe.TargetUnreachable as exc:
                 if target not in self._failing:  # once per outage, not every few seconds
                     logger.warning("database probe: %s does not answer: %s", target, exc)
@@ -469,7 +469,7 @@ class DatabaseProbe:
             if target in self._failing:
                 logger.info("database probe: %s answers again", target)
             self._failing.discard(target)
-            publish_probe(target, True, time.monotonic() - started)
+            publish_probe(target, True, seconds)
 
     def close(self) -> None:
         """Probe no more (waiting for a probe under way), and let another process take over."""

@@ -127,7 +127,7 @@ def _readable(fd: int) -> bool:
     return bool(poller.poll(0))
 
 
-def closed_by_server(conn: PooledConnection) -> bool:
+def _closed_by_server(conn: PooledConnection) -> bool:
     """Return True when the server has closed this idle connection; never a round trip, never blocks.
 
     The server sends an idle session nothing until it ends it (shutdown, restart, a killed
@@ -593,7 +593,7 @@ class ConnectionPool:
             due = [conn for conn in idle if max(conn.pool_last_used, conn.pool_checked_at) <= cutoff]
             for conn in due:
                 conn.pool_checked_at = now
-            return [conn for conn in due if closed_by_server(conn)]
+            return [conn for conn in due if _closed_by_server(conn)]
 
         try:
             dead = self._core.drop_idle(closed)
