@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import http.client
+import os
+import signal
 from urllib.parse import urlsplit
 
+import psutil
 import pytest
 
 from apps.api.app import create_app, probe
-from apps.api.app.metrics import exposition
+from apps.api.app.metrics import DATABASE_PROBE_LOCK, exposition
 from apps.api.app.models.database import close_pool
 from tests.helpers import (
     HEALTH_HEADERS,
@@ -19,6 +23,7 @@ from tests.helpers import (
     wait_until,
 )
 from tests.support.faults import StallingProxy
+from tests.support.gunicorn import start_gunicorn, stop_gunicorn, worker_pids
 
 
 def probe_figures(name: str) -> dict[str, float]:
@@ -34,18 +39,16 @@ def test_database_up_goes_to_0_without_traffic_when_the_server_stops_and_back_to
         app.config["TESTING"] = True
         try:
             pool = pool_of(app)
-            assert wait_until(lambda: probe_figures("rentals_database_up").get("primary") == 1, timeout=5)
+            assert wait_until(lambda: probe_figures("rentals_database_up").get("primary") == 1, timeout=10)
             assert 0 < probe_figures("rentals_database_probe_seconds")["primary"] < 5
             server.stop()
             # No request: only the probe can tell.
-            assert wait_until(lambda: probe_figures("rentals_database_up").get("primary") == 0, timeout=5)
-            body = app.test_client().get("/api/health", headers=HEALTH_HEADERS).json
-            assert body["status"] == "ok"
+            assert wait_until(lambda: probe_figures("rentals_database_up").get("primary") == 0, timeout=10)
             server.start()
-            assert wait_until(lambda: probe_figures("rentals_database_up").get("primary") == 1, timeout=5)
+            assert wait_until(lambda: probe_figures("rentals_database_up").get("primary") == 1, timeout=10)
             assert pool.stats()["acquisitions"] == 0, "a request reached the pool: the probe was not alone"
-            probe = app.test_client().get("/api/health/db", headers=HEALTH_HEADERS).json["probe"]
-            assert probe["primary"]["up"] is True, probe
+            results = app.test_client().get("/api/health/db", headers=HEALTH_HEADERS).json["probe"]
+            assert results["primary"]["up"] is True, results
         finally:
             close_pool(app)
 
@@ -86,3 +89,39 @@ def test_through_pgbouncer_the_probe_answers_for_the_pooler_and_fails_when_it_st
     bouncer.stop()
     with pytest.raises(probe.TargetUnreachable):
         probe.probe(url, timeout=5)
+
+
+def metrics_text(port: int) -> str:
+    """GET /metrics of a gunicorn on loopback with the health token."""
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    try:
+        conn.request("GET", "/metrics", headers=HEALTH_HEADERS)
+        return conn.getresponse().read().decode()
+    finally:
+        conn.close()
+
+
+@pytest.mark.slow
+def test_one_worker_per_host_probes_and_a_killed_probers_value_leaves_with_it(direct_database_url, tmp_path):
+    folder = tmp_path / "metrics"
+    folder.mkdir()
+    process, port = start_gunicorn(direct_database_url, DB_PROBE_INTERVAL_SECONDS=1, PROMETHEUS_MULTIPROC_DIR=folder)
+    try:
+        pids = worker_pids(process)
+
+        def one_series_up() -> bool:
+            return metric_samples(metrics_text(port), "rentals_database_up") == [({"target": "primary"}, 1.0)]
+
+        assert wait_until(one_series_up, timeout=15, interval=0.2), metrics_text(port)
+        lock = folder / DATABASE_PROBE_LOCK
+        prober = int(lock.read_text())
+        assert prober in pids
+        os.kill(prober, signal.SIGKILL)
+        # gunicorn's child_exit removes the dead prober's values; another worker takes the lock and probes.
+        assert wait_until(lambda: lock.read_text().strip() not in ("", str(prober)), timeout=15), "no takeover"
+        assert psutil.pid_exists(int(lock.read_text()))
+        assert wait_until(lambda: not list(folder.glob(f"gauge_*_{prober}.db")), timeout=10)
+        assert wait_until(one_series_up, timeout=15, interval=0.2), metrics_text(port)
+    finally:
+        output = stop_gunicorn(process)
+    assert output.count("probes the database for this host") == 2, output[-3000:]
