@@ -12,6 +12,7 @@ read by one worker per host (PoolerPublisher) and exported once, without a pid l
 
 from __future__ import annotations
 
+import glob
 import logging
 import math
 import os
@@ -21,6 +22,7 @@ from bisect import bisect_left
 from collections import defaultdict
 from typing import Any
 
+import psutil
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
     REGISTRY,
@@ -29,6 +31,7 @@ from prometheus_client import (
     Gauge,
     Histogram,
     generate_latest,
+    multiprocess,
 )
 
 from . import pgbouncer
@@ -279,9 +282,45 @@ def multiprocess_dir() -> str | None:
     return os.environ.get(MULTIPROCESS_DIR_VAR) or None
 
 
+# Set under a server that does not tell when a worker dies (granian: apps/api/server/granian.py).
+_forget_dead_workers = [False]
+
+
+def forget_dead_workers_when_read() -> None:
+    """Drop the live gauges of dead workers whenever this process reads the metrics (forget_dead_workers)."""
+    _forget_dead_workers[0] = True
+
+
+def forget_dead_workers() -> None:
+    """Drop the live gauges of every worker of this host that no longer runs.
+
+    gunicorn's master does it when a worker exits (child_exit); a server without such a
+    hook leaves the files of a killed worker behind. A worker is one of this process's
+    siblings (the same parent), so a pid reused by an unrelated process counts as dead.
+    """
+    folder = multiprocess_dir()
+    if folder is None:
+        return
+    pids = set()
+    for path in glob.glob(os.path.join(folder, "gauge_live*_*.db")):
+        pid = os.path.basename(path)[: -len(".db")].rsplit("_", 1)[1]
+        if pid.isdigit():
+            pids.add(int(pid))
+    parent = os.getppid()
+    for pid in pids:
+        try:
+            alive = psutil.Process(pid).ppid() == parent
+        except psutil.Error:
+            alive = False
+        if not alive:
+            multiprocess.mark_process_dead(pid, folder)
+
+
 def _registry() -> CollectorRegistry:
     if multiprocess_dir() is None:
         return REGISTRY
+    if _forget_dead_workers[0]:
+        forget_dead_workers()
     registry = CollectorRegistry()
     # Skips files a booting or killed worker left unsized: /metrics and /api/health/db
     # must answer whatever state the other workers are in.
