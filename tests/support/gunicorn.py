@@ -57,6 +57,10 @@ class AppServer:
     def __repr__(self) -> str:
         return self.name
 
+    def scenario(self, name: str) -> str:
+        """Return the chaos report's name for scenario `name` under this server (gunicorn's: `name` itself)."""
+        return name if self is GUNICORN else f"{name}_{self.name}"
+
     def start(self, database_url: str, **overrides: object) -> tuple[subprocess.Popen, int]:
         """Start the server on a free port and wait for every worker; stop it with stop_gunicorn."""
         port = free_port()
