@@ -8,7 +8,7 @@ anything else it is create_app().
 from apps.api.server import granian
 
 # Before anything imports prometheus_client: it picks its multiprocess mode on import.
-granian.share_metrics_folder()
+granian.before_import()
 
 from apps.api.app import create_app  # noqa: E402
 

@@ -48,6 +48,7 @@ SCENARIOS = (
     "lock_wait",
     "graceful_shutdown",
     "graceful_shutdown_granian",
+    "granian_recycle",
     "leak",
 )
 FIGURES: dict[str, Any] = {}

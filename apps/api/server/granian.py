@@ -30,6 +30,7 @@ import logging
 import multiprocessing
 import os
 import shutil
+import signal
 import sys
 import tempfile
 from collections.abc import Callable
@@ -52,6 +53,13 @@ CAPACITY_CHECKED = "capacity-checked"
 #       gunicorn's graceful_timeout; past it, it is killed.
 #   --workers-lifetime 6h: recycle a worker after this long (bounds slow leaks), as
 #       gunicorn's max_requests; the new worker starts before the old one stops.
+#   --respawn-interval 15: seconds granian waits, when it recycles a worker (lifetime, SIGHUP),
+#       between starting the successor and stopping the old one. It does not wait for the
+#       successor to be ready: were the successor still importing the app when the old one
+#       closed its socket, connections to that port would find one worker fewer (both, on
+#       one worker). Booting takes 1-8 s here; 15 s leaves a margin.
+#   --http1-header-read-timeout 10000: ms a client gets to send a request's head, as
+#       HTTP_REQUEST_READ_TIMEOUT_SECONDS under gunicorn (granian closes the connection, no 408).
 #   --no-ws: no websockets on a WSGI app (granian says so at every start otherwise).
 PRODUCTION_FLAGS = (
     "--backlog",
@@ -63,6 +71,10 @@ PRODUCTION_FLAGS = (
     "30",
     "--workers-lifetime",
     "6h",
+    "--respawn-interval",
+    "15",
+    "--http1-header-read-timeout",
+    "10000",
     "--no-ws",
 )
 APP_TARGET = "apps.api.wsgi:app"
@@ -102,13 +114,22 @@ def metrics_folder(granian_pid: int) -> Path:
     return Path(tempfile.gettempdir()) / f"{METRICS_FOLDER_PREFIX}{main.pid}-{int(main.create_time() * 1000)}"
 
 
-def share_metrics_folder() -> None:
-    """In a granian worker, point PROMETHEUS_MULTIPROC_DIR at the folder all workers of this granian share.
+def before_import() -> None:
+    """In a granian worker, before the app is imported: catch a SIGTERM sent while it boots; share the metrics folder.
 
     Call it before anything imports prometheus_client, which picks its multiprocess mode then.
+    """
+    if in_worker():
+        _boot_stop.watch()
+        share_metrics_folder()
+
+
+def share_metrics_folder() -> None:
+    """Point PROMETHEUS_MULTIPROC_DIR at the folder all workers of this granian share.
+
     An operator's PROMETHEUS_MULTIPROC_DIR is kept (emptying it before a start is then theirs).
     """
-    if not in_worker() or os.environ.get(METRICS_VAR):
+    if os.environ.get(METRICS_VAR):
         return
     folder = metrics_folder(os.getppid())
     try:
@@ -137,7 +158,8 @@ def worker_app(create_app: Callable[..., object]) -> object:
 
     Counts granian's --workers and --blocking-threads, not WEB_CONCURRENCY and
     GUNICORN_THREADS, wherever the app uses them. Raises SystemExit when the threads
-    exceed the pool or the server's sessions lack the configured timeouts.
+    exceed the pool or the server's sessions lack the configured timeouts (granian stops),
+    or when the worker was told to stop while it booted.
     """
     from apps.api.app.capacity import Budget
     from apps.api.app.compat import granian
@@ -169,7 +191,34 @@ def worker_app(create_app: Callable[..., object]) -> object:
             database.check_capacity(app)
         except database.DatabaseUnavailable as exc:
             logger.warning("could not check max_connections: %s", exc)
+    if _boot_stop.requested:
+        logger.info("worker %s was told to stop while it booted: stopping", os.getpid())
+        raise SystemExit(0)  # the finalizer closes the pool
     return app
+
+
+class _StopDuringBoot:
+    """Remembers a SIGTERM that reaches the worker while it imports the app.
+
+    Until granian sets the worker's own handlers (once the app is loaded) the worker has a
+    copy of the main process's, which only sets a flag in that copy: a SIGTERM then (granian
+    recycling a worker whose successor is still booting, or stopping) was lost, and the
+    worker served on until --workers-kill-timeout killed it.
+    """
+
+    def __init__(self) -> None:
+        self.requested = False
+
+    def watch(self) -> None:
+        """Catch SIGTERM and SIGINT from now until granian sets its handlers."""
+        signal.signal(signal.SIGTERM, self._on_signal)
+        signal.signal(signal.SIGINT, self._on_signal)
+
+    def _on_signal(self, signum: int, frame: object) -> None:
+        self.requested = True
+
+
+_boot_stop = _StopDuringBoot()
 
 
 def _first_worker() -> bool:
