@@ -140,7 +140,7 @@ def digest_logs(logs_dir: Path, keep_bytes: int = 50 * 1024 * 1024) -> dict[str,
         big = path.stat().st_size > keep_bytes
         with path.open(errors="replace") as log:
             for line in log:
-                if "Booting worker" in line:
+                if "Booting worker" in line or "Spawning worker-" in line:  # gunicorn's, granian's
                     boots += 1
                 is_error = any(word in line for word in ("ERROR", "CRITICAL", "WARNING", "Traceback"))
                 errors += "ERROR" in line or "CRITICAL" in line
