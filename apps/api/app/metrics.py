@@ -1,11 +1,13 @@
 """Prometheus metrics for every gunicorn worker of this host, and the pool figures of each.
 
-With PROMETHEUS_MULTIPROC_DIR set (gunicorn.conf.py sets it up before the workers start),
+With PROMETHEUS_MULTIPROC_DIR set (gunicorn.conf.py sets it up before the workers start;
+under granian the first worker does, apps/api/server/granian.py),
 prometheus_client keeps each worker's values in files there, so any worker answers
 /metrics for all of them. Without it (tests, flask run) the values are this process's.
 
 Pool gauges come in two forms: per worker (`pid` label, gone when the worker dies) and
-summed over the live workers. Counters and histograms are summed over every worker that
+summed over the live workers (a dead worker's are dropped by gunicorn's child_exit, or under
+granian when the metrics are read). Counters and histograms are summed over every worker that
 ever ran, as Prometheus expects of counters. PgBouncer's figures (PGBOUNCER_ADMIN_URL) are
 read by one worker per host (PoolerPublisher) and exported once, without a pid label.
 """
