@@ -74,3 +74,16 @@ def test_granian_refuses_more_threads_than_connections_and_stops(database_url):
     # granian's exit code is 0 or 1, whichever of its main loop and its worker watcher sees the stop first.
     assert "granian's --blocking-threads (8) is above DB_POOL_MAX_CONNECTIONS (4)" in result.stdout + result.stderr
     assert " opened in pid " not in result.stdout + result.stderr
+
+
+def test_granian_workers_and_threads_are_what_the_app_counts(database_url):
+    # WEB_CONCURRENCY and GUNICORN_THREADS in the environment say 9 and 1; granian runs 2 x 4.
+    process, port = GRANIAN.start(database_url, env={"WEB_CONCURRENCY": "9", "GUNICORN_THREADS": "1"})
+    try:
+        status, body = get_json(port, "/api/health/db")
+    finally:
+        stop_gunicorn(process)
+    assert status == 200
+    assert body["recommendations"]["current"]["workers"] == 2
+    assert body["recommendations"]["current"]["threads"] == 4
+    assert body["recommendations"]["current"]["total_max_connections"] == 2 * 4

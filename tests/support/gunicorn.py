@@ -61,8 +61,14 @@ class AppServer:
         """Return the chaos report's name for scenario `name` under this server (gunicorn's: `name` itself)."""
         return name if self is GUNICORN else f"{name}_{self.name}"
 
-    def start(self, database_url: str, **overrides: object) -> tuple[subprocess.Popen, int]:
-        """Start the server on a free port and wait for every worker; stop it with stop_gunicorn."""
+    def start(
+        self, database_url: str, *, env: dict[str, str] | None = None, **overrides: object
+    ) -> tuple[subprocess.Popen, int]:
+        """Start the server on a free port and wait for every worker; stop it with stop_gunicorn.
+
+        `overrides` are settings, for the command line and the environment alike; `env` is
+        put in the environment only, after them.
+        """
         port = free_port()
         defaults = {
             "PORT": port,
@@ -72,13 +78,13 @@ class AppServer:
             "LOG_LEVEL": "info",
         }
         settings = app_config(database_url, **{**defaults, **overrides})
-        env = {**os.environ, **settings}
+        environment = {**os.environ, **settings, **(env or {})}
         # A file, not a pipe: nobody reads a pipe while the test runs, and a full one blocks the workers.
         log = tempfile.NamedTemporaryFile("w+", prefix=f"{self.name}-", suffix=".log")  # noqa: SIM115 (closed by stop_gunicorn)
         process = subprocess.Popen(
             self.command(settings),
             cwd=ROOT,
-            env=env,
+            env=environment,
             stdout=log,
             stderr=subprocess.STDOUT,
             text=True,
