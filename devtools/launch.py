@@ -24,20 +24,42 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager, ExitStack
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
 from urllib.parse import urlsplit, urlunsplit
 
+from apps.api.server import granian
 from devtools.embedded_pg import EmbeddedPostgres
 
 ROOT = Path(__file__).resolve().parent.parent
 # The production command (README), run from ROOT by this virtualenv's Python.
 GUNICORN_COMMAND = [sys.executable, "-m", "gunicorn", "-c", "gunicorn.conf.py", "apps.api.wsgi:app"]
 # gunicorn's graceful_timeout (30 s) plus a margin: past it, its process group is killed.
+# granian's --workers-kill-timeout is the same 30 s.
 GUNICORN_STOP_GRACE = 40
+# `SERVER=granian make run` serves the app with granian (README, Deployment); gunicorn by default.
+SERVERS = ("gunicorn", "granian")
+
+if TYPE_CHECKING:
+    from apps.api.app.config import Settings
 
 logger = logging.getLogger(__name__)
 
 T = TypeVar("T")
+
+
+def server_command(settings: Settings) -> tuple[str, list[str]]:
+    """Return the server SERVER names (gunicorn unless set) and its production command for `settings`.
+
+    Raises RuntimeError naming the choices when SERVER is something else.
+    """
+    server = os.environ.get("SERVER") or "gunicorn"
+    if server not in SERVERS:
+        raise RuntimeError(f"SERVER={server!r} is not one of {', '.join(SERVERS)}")
+    if server == "gunicorn":
+        return server, GUNICORN_COMMAND
+    return server, granian.command(
+        sys.executable, settings.web_concurrency, settings.gunicorn_threads, settings.bind_host, settings.port
+    )
 
 
 def dev_folder() -> Path:

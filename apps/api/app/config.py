@@ -524,8 +524,12 @@ class Settings(BaseSettings):
             "empty: off",
         ),
     ] = ""
-    web_concurrency: Annotated[int, Whole(1), Doc(SERVER, "gunicorn worker processes per host; 2 to 4 per core")] = 2
-    gunicorn_threads: Annotated[int, Whole(1), Doc(SERVER, "threads per worker; <= DB_POOL_MAX_CONNECTIONS")] = 8
+    web_concurrency: Annotated[
+        int, Whole(1), Doc(SERVER, "worker processes per host (granian: its --workers wins); 2 to 4 per core")
+    ] = 2
+    gunicorn_threads: Annotated[
+        int, Whole(1), Doc(SERVER, "threads per worker (granian: --blocking-threads wins); <= DB_POOL_MAX_CONNECTIONS")
+    ] = 8
     gunicorn_timeout: Annotated[
         int,
         Whole(1, unit="s"),

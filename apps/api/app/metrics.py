@@ -1,11 +1,13 @@
 """Prometheus metrics for every gunicorn worker of this host, and the pool figures of each.
 
-With PROMETHEUS_MULTIPROC_DIR set (gunicorn.conf.py sets it up before the workers start),
+With PROMETHEUS_MULTIPROC_DIR set (gunicorn.conf.py sets it up before the workers start;
+under granian the first worker does, apps/api/server/granian.py),
 prometheus_client keeps each worker's values in files there, so any worker answers
 /metrics for all of them. Without it (tests, flask run) the values are this process's.
 
 Pool gauges come in two forms: per worker (`pid` label, gone when the worker dies) and
-summed over the live workers. Counters and histograms are summed over every worker that
+summed over the live workers (a dead worker's are dropped by gunicorn's child_exit, or under
+granian when the metrics are read). Counters and histograms are summed over every worker that
 ever ran, as Prometheus expects of counters. PgBouncer's figures (PGBOUNCER_ADMIN_URL) and
 the database probe (rentals_database_up) are each the work of one worker per host
 (PoolerPublisher, DatabaseProbe) and exported once, without a pid label.
@@ -13,6 +15,7 @@ the database probe (rentals_database_up) are each the work of one worker per hos
 
 from __future__ import annotations
 
+import glob
 import logging
 import math
 import os
@@ -23,6 +26,7 @@ from collections import defaultdict
 from collections.abc import Mapping
 from typing import Any
 
+import psutil
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
     REGISTRY,
@@ -31,6 +35,7 @@ from prometheus_client import (
     Gauge,
     Histogram,
     generate_latest,
+    multiprocess,
 )
 
 from . import pgbouncer, probe
@@ -300,9 +305,45 @@ def multiprocess_dir() -> str | None:
     return os.environ.get(MULTIPROCESS_DIR_VAR) or None
 
 
+# Set under a server that does not tell when a worker dies (granian: apps/api/server/granian.py).
+_forget_dead_workers = [False]
+
+
+def forget_dead_workers_when_read() -> None:
+    """Drop the live gauges of dead workers whenever this process reads the metrics (forget_dead_workers)."""
+    _forget_dead_workers[0] = True
+
+
+def forget_dead_workers() -> None:
+    """Drop the live gauges of every worker of this host that no longer runs.
+
+    gunicorn's master does it when a worker exits (child_exit); a server without such a
+    hook leaves the files of a killed worker behind. A worker is one of this process's
+    siblings (the same parent), so a pid reused by an unrelated process counts as dead.
+    """
+    folder = multiprocess_dir()
+    if folder is None:
+        return
+    pids = set()
+    for path in glob.glob(os.path.join(folder, "gauge_live*_*.db")):
+        pid = os.path.basename(path)[: -len(".db")].rsplit("_", 1)[1]
+        if pid.isdigit():
+            pids.add(int(pid))
+    parent = os.getppid()
+    for pid in pids:
+        try:
+            alive = psutil.Process(pid).ppid() == parent
+        except psutil.Error:
+            alive = False
+        if not alive:
+            multiprocess.mark_process_dead(pid, folder)
+
+
 def _registry() -> CollectorRegistry:
     if multiprocess_dir() is None:
         return REGISTRY
+    if _forget_dead_workers[0]:
+        forget_dead_workers()
     registry = CollectorRegistry()
     # Skips files a booting or killed worker left unsized: /metrics and /api/health/db
     # must answer whatever state the other workers are in.
