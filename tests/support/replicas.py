@@ -69,4 +69,11 @@ def wait_for_replica_state(client, headers: dict[str, str], state: str, timeout:
     """Wait until /api/health/db shows the first replica in `state`; return its section."""
     from tests.helpers import wait_until
 
-    return wait_until(lambda: (r := replica_health(client, headers))["state"] == state and r, timeout=timeout)
+    seen: list[dict] = []
+
+    def reached() -> bool:
+        seen.append(replica_health(client, headers))
+        return seen[-1]["state"] == state
+
+    assert wait_until(reached, timeout=timeout), f"the replica is not {state}: {seen[-1]}"
+    return seen[-1]

@@ -17,7 +17,7 @@ import uuid
 from collections.abc import Callable, Iterable
 from typing import Any
 
-from flask import Flask
+from flask import Flask, request
 
 from . import consistency, metrics
 from .config import Settings
@@ -79,17 +79,18 @@ def _read_consistency_token(state: RequestState, environ: dict[str, Any]) -> Non
     # has replayed that far. A malformed one is refused with 400 once Flask runs
     # (_refuse_bad_token), where errors get their JSON shape.
     text = environ.get(consistency.ENVIRON_KEY)
-    if not text:
+    if text is None:
         return
     try:
-        state.read_after = consistency.parse_lsn(text.strip())
+        state.read_after = consistency.parse_lsn(text)
     except ValueError as exc:
         state.token_error = str(exc)
 
 
 def _refuse_bad_token() -> None:
+    # Flask runs this before it raises a routing error: a 404 or 405 stays what it is.
     state = current_request.get()
-    if state is not None and state.token_error is not None:
+    if state is not None and state.token_error is not None and request.routing_exception is None:
         raise ValidationError(state.token_error, code="invalid_consistency_token")
 
 
