@@ -47,6 +47,7 @@ SCENARIOS = (
     "lock_wait",
     "graceful_shutdown",
     "leak",
+    "replica_outage",
 )
 FIGURES: dict[str, Any] = {}
 
