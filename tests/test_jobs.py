@@ -11,8 +11,7 @@ import threading
 
 import pytest
 
-from apps.api.app.jobs import JOBS, Job
-from apps.api.app.jobs import runner
+from apps.api.app.jobs import JOBS, Job, runner
 from apps.api.app.models import job_runs
 
 pytestmark = pytest.mark.both_routes
