@@ -9,6 +9,7 @@ import psycopg2.errors
 
 from ..errors import Conflict, NotFound, Unprocessable
 from ..pagination import decode_cursor, page
+from . import outbox
 from .database import execute_query, execute_query_one, execute_write
 
 # A rental with its customer's and product's names, from `r` joined in the same statement.
@@ -27,6 +28,8 @@ TRANSITIONS = {
     "return": (("active",), "returned"),
     "cancel": (("reserved",), "cancelled"),
 }
+# action -> the message its customer gets, written by the same statement as the change.
+NOTICES = {"cancel": outbox.CANCELLATION_NOTICE}
 
 
 def list_rentals(
@@ -84,7 +87,9 @@ def create_rental(
 
     One statement: it locks the product row, so concurrent bookings of one product take
     turns, and the exclusion constraint decides: of overlapping bookings exactly one
-    succeeds. Raises Conflict (product_unavailable, naming the rental in the way) and
+    succeeds. The same statement writes the booking confirmation to the outbox, so the
+    message exists if and only if the booking committed (inside a transaction() block, it
+    commits or rolls back with the block). Raises Conflict (product_unavailable, naming the rental in the way) and
     Unprocessable (unknown customer or product, inactive product).
     """
     params = {
@@ -106,7 +111,8 @@ def create_rental(
             "  created_by)"
             " SELECT %(customer_id)s, p.id, %(start)s, %(end)s, p.daily_rate_cents,"
             "  p.daily_rate_cents::bigint * (%(end)s::date - %(start)s::date), %(created_by)s"
-            " FROM product p RETURNING *)"
+            " FROM product p RETURNING *),"
+            f" notice AS ({outbox.notice_sql(outbox.BOOKING_CONFIRMATION, 'booked')})"
             f" {_SELECT} FROM booked r{_JOIN}",
             params,
         )
@@ -159,14 +165,16 @@ def transition_rental(rental_id: int, action: str) -> dict[str, Any]:
     """Apply a status change (activate, return, cancel) and return the rental.
 
     Raises NotFound, or Conflict with the current status when the change is not allowed
-    from it. Returning stamps returned_at.
+    from it. Returning stamps returned_at. Cancelling writes the cancellation notice to
+    the outbox in the same statement.
     """
     allowed_from, to_status = TRANSITIONS[action]
+    notice = f", notice AS ({outbox.notice_sql(NOTICES[action], 'changed')})" if action in NOTICES else ""
     row = execute_write(
         "WITH changed AS ("
         " UPDATE rentals SET status = %(to)s, updated_at = now(),"
         "  returned_at = CASE WHEN %(to)s = 'returned' THEN now() ELSE returned_at END"
-        " WHERE id = %(id)s AND status = ANY(%(from)s) RETURNING *)"
+        f" WHERE id = %(id)s AND status = ANY(%(from)s) RETURNING *){notice}"
         f" {_SELECT} FROM changed r{_JOIN}",
         {"id": rental_id, "to": to_status, "from": list(allowed_from)},
     )
