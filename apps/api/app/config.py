@@ -371,6 +371,7 @@ CONNECTION = "Every connection"
 SERVER = "gunicorn"
 HTTP = "HTTP"
 SECURITY = "Security"
+JOBS = "Scheduled jobs (`flask --app apps.api.wsgi jobs run`, one scheduler per host)"
 NOTIFICATIONS = "Notifications (the outbox and its delivery by SMTP)"
 
 
@@ -653,6 +654,19 @@ class Settings(BaseSettings):
         Whole(0, unit="s"),
         Doc(SECURITY, "`Strict-Transport-Security` max-age; set once HTTPS is the only way in", "31536000", "0: off"),
     ] = 0
+    jobs_poll_seconds: Annotated[
+        float,
+        Seconds(),
+        Doc(JOBS, "how often a scheduler looks for a due slot, a failed run to retry or an expired lease"),
+    ] = 1.0
+    jobs_history_days: Annotated[
+        int, Whole(1, unit="days"), Doc(JOBS, "runs older than this are deleted (each job's totals stay)")
+    ] = 7
+    reservation_grace_days: Annotated[
+        int,
+        Whole(0, unit="days"),
+        Doc(JOBS, "a reserved rental not activated this many days after its start date is cancelled"),
+    ] = 1
 
     @field_validator("log_format", mode="before")
     @classmethod

@@ -66,6 +66,12 @@ def enqueue_overdue_reminder(cur: Cursor, rental: dict[str, Any]) -> int:
     return _enqueue(cur, OVERDUE_REMINDER, rental)
 
 
+def enqueue_overdue_reminders(cur: Cursor, rental_ids: list[int]) -> int:
+    """Write today's overdue reminder for each of `rental_ids` in the caller's transaction; return how many."""
+    cur.execute(notice_sql(OVERDUE_REMINDER, "rentals", "r.id = ANY(%(ids)s)"), {"ids": list(rental_ids)})
+    return cur.rowcount
+
+
 def enqueue_cancellation_notice(cur: Cursor, rental: dict[str, Any]) -> int:
     """Write a cancellation notice for `rental` (a dict with its `id`) in the caller's transaction; return 1 or 0."""
     return _enqueue(cur, CANCELLATION_NOTICE, rental)
