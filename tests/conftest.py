@@ -39,6 +39,7 @@ from tests.helpers import (
     private_server,
     unavailable_reason,
 )
+from tests.support.smtp import SmtpServer
 
 
 @pytest.fixture(autouse=True)
@@ -346,3 +347,14 @@ def make_rental(admin_conn):
         return insert_row(admin_conn, "rentals", **values)
 
     return make
+
+
+@pytest.fixture
+def smtp_server() -> Iterator[SmtpServer]:
+    """A real SMTP server (aiosmtpd) on a free port, stopped after the test."""
+    server = SmtpServer()
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()

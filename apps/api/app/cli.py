@@ -211,6 +211,7 @@ def list_jobs_command() -> None:
 
 def register(app: Flask) -> None:
     """Add the command groups to the app's CLI."""
+    jobs.definitions.configure(app.config["SETTINGS"])
     app.cli.add_command(db_cli)
     app.cli.add_command(users_cli)
     app.cli.add_command(jobs_cli)

@@ -305,7 +305,8 @@ class DashboardOut(BaseModel):
     """The business at a glance, as of the database's current date."""
 
     as_of: datetime.date
-    generated_at: datetime.datetime
+    generated_at: datetime.datetime = Field(description="when the database computed these figures (the snapshot)")
+    age_seconds: float = Field(description="how old the figures were when this reply was made, in seconds")
     rentals_by_status: dict[Status, int]
     active_rentals: int
     overdue_rentals: int

@@ -302,7 +302,8 @@ def seed(
             _check_empty(cur)
         # Truncating in this transaction lets COPY FREEZE write rows already frozen and
         # all-visible: no VACUUM is needed before index-only scans work.
-        cur.execute("TRUNCATE rentals, products, customers RESTART IDENTITY")
+        # The messages and reminders about the rentals go with them.
+        cur.execute("TRUNCATE outbox, overdue_reminders, rentals, products, customers RESTART IDENTITY")
         # Building indexes and checking foreign keys once after the load is several times
         # faster than row by row; the tables are empty and locked until COMMIT, so it is safe.
         restore = _set_aside(cur, SEEDED_TABLES)

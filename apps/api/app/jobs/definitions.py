@@ -7,12 +7,15 @@ past its timeout. Each is idempotent: running a slot again finds nothing left to
 
 from __future__ import annotations
 
+import dataclasses
+
 from flask import current_app
 
-from .. import ratelimit
-from ..models import idempotency, rentals
+from .. import notifications, ratelimit
+from ..config import Settings
+from ..models import dashboard, idempotency, outbox, rentals
 from ..models.database import transaction
-from .registry import check_lease, job
+from .registry import JOBS, check_lease, job, register
 
 # Rows per statement: small enough that a batch's locks and WAL stay small.
 BATCH = 500
@@ -39,12 +42,13 @@ def expire_reservations() -> dict[str, int]:
 
 @job("overdue_reminders", every=3600, timeout=300)
 def overdue_reminders() -> dict[str, int]:
-    """Record one reminder per overdue rental (active, past its end date) per day."""
+    """Send one reminder per overdue rental (active, past its end date) per day, through the outbox."""
     reminded = batches = 0
     while True:
         check_lease()
-        with transaction():
+        with transaction() as cur:
             due = rentals.record_overdue_reminders(BATCH)
+            outbox.enqueue_overdue_reminders(cur, [rental["id"] for rental in due])
         reminded += len(due)
         batches += 1
         if len(due) < BATCH:
@@ -63,3 +67,20 @@ def purge_rate_limits() -> dict[str, int]:
             if deleted < BATCH:
                 break
     return purged
+
+
+@job("deliver_outbox", every=15, timeout=300)
+def deliver_outbox() -> dict[str, int]:
+    """Send the outbox's due messages by SMTP (notifications.py): retried with backoff, parked at the last."""
+    return notifications.deliver_outbox()
+
+
+@job("refresh_dashboard", every=Settings.model_fields["dashboard_refresh_seconds"].default, timeout=120)
+def refresh_dashboard() -> dict[str, float | bool]:
+    """Recompute the dashboard's snapshot, once for every worker and host (models/dashboard.py)."""
+    return dashboard.refresh_snapshot()
+
+
+def configure(settings: Settings) -> None:
+    """Give the jobs whose period is a setting that period: refresh_dashboard runs every DASHBOARD_REFRESH_SECONDS."""
+    register(dataclasses.replace(JOBS["refresh_dashboard"], every=settings.dashboard_refresh_seconds))

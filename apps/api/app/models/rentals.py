@@ -9,6 +9,7 @@ import psycopg2.errors
 
 from ..errors import Conflict, NotFound, Unprocessable
 from ..pagination import decode_cursor, page
+from . import outbox
 from .database import execute_query, execute_query_one, execute_write, fetch_all, transaction
 
 # A rental with its customer's and product's names, from `r` joined in the same statement.
@@ -30,6 +31,8 @@ TRANSITIONS = {
     "return": (("active",), "returned"),
     "cancel": (("reserved",), "cancelled"),
 }
+# action -> the message its customer gets, written by the same statement as the change.
+NOTICES = {"cancel": outbox.CANCELLATION_NOTICE}
 
 
 def list_rentals(
@@ -87,7 +90,9 @@ def create_rental(
 
     One statement: it locks the product row, so concurrent bookings of one product take
     turns, and the exclusion constraint decides: of overlapping bookings exactly one
-    succeeds. Raises Conflict (product_unavailable, naming the rental in the way) and
+    succeeds. The same statement writes the booking confirmation to the outbox, so the
+    message exists if and only if the booking committed (inside a transaction() block, it
+    commits or rolls back with the block). Raises Conflict (product_unavailable, naming the rental in the way) and
     Unprocessable (unknown customer or product, inactive product).
     """
     params = {
@@ -109,7 +114,8 @@ def create_rental(
             "  created_by)"
             " SELECT %(customer_id)s, p.id, %(start)s, %(end)s, p.daily_rate_cents,"
             "  p.daily_rate_cents::bigint * (%(end)s::date - %(start)s::date), %(created_by)s"
-            " FROM product p RETURNING *)"
+            " FROM product p RETURNING *),"
+            f" notice AS ({outbox.notice_sql(outbox.BOOKING_CONFIRMATION, 'booked')})"
             f" {_SELECT} FROM booked r{_JOIN}",
             params,
         )
@@ -162,15 +168,17 @@ def transition_rental(rental_id: int, action: str) -> dict[str, Any]:
     """Apply a status change (activate, return, cancel) and return the rental.
 
     Raises NotFound, or Conflict with the current status when the change is not allowed
-    from it. Returning stamps returned_at.
+    from it. Returning stamps returned_at. Cancelling writes the cancellation notice to
+    the outbox in the same statement.
     """
     allowed_from, to_status = TRANSITIONS[action]
+    notice = f", notice AS ({outbox.notice_sql(NOTICES[action], 'changed')})" if action in NOTICES else ""
     row = execute_write(
         "WITH changed AS ("
         " UPDATE rentals SET status = %(to)s, updated_at = now(),"
         "  returned_at = CASE WHEN %(to)s = 'returned' THEN now() ELSE returned_at END,"
         "  cancel_reason = CASE WHEN %(to)s = 'cancelled' THEN %(reason)s END"
-        " WHERE id = %(id)s AND status = ANY(%(from)s) RETURNING *)"
+        f" WHERE id = %(id)s AND status = ANY(%(from)s) RETURNING *){notice}"
         f" {_SELECT} FROM changed r{_JOIN}",
         {"id": rental_id, "to": to_status, "from": list(allowed_from), "reason": CANCELLED_BY_STAFF},
     )
@@ -190,7 +198,8 @@ def expire_reservations(grace_days: int, batch: int) -> list[dict[str, Any]]:
     """Cancel up to `batch` reserved rentals not activated `grace_days` after their start date; return them.
 
     A reservation starting on day D may be picked up through D + grace_days; from the day
-    after, it is cancelled with reason not_picked_up, which frees its dates. Rows another
+    after, it is cancelled with reason not_picked_up, which frees its dates, and its customer
+    gets a cancellation notice (outbox, same statement). Rows another
     transaction holds (an activation under way) are skipped, and the status is checked
     again under the row lock, so of an activation and this exactly one changes the rental.
     In a transaction of its own, or a savepoint of the caller's transaction() block.
@@ -202,7 +211,8 @@ def expire_reservations(grace_days: int, batch: int) -> list[dict[str, Any]]:
             " ORDER BY start_date, id LIMIT %(batch)s FOR UPDATE SKIP LOCKED),"
             " changed AS ("
             " UPDATE rentals r SET status = 'cancelled', cancel_reason = %(reason)s, updated_at = now()"
-            " FROM due WHERE r.id = due.id AND r.status = 'reserved' RETURNING r.*)"
+            " FROM due WHERE r.id = due.id AND r.status = 'reserved' RETURNING r.*),"
+            f" notice AS ({outbox.notice_sql(outbox.CANCELLATION_NOTICE, 'changed')})"
             f" {_SELECT} FROM changed r{_JOIN}",
             {"grace": grace_days, "batch": batch, "reason": NOT_PICKED_UP},
         )
