@@ -12,7 +12,7 @@ from apps.api.app import notifications
 from apps.api.app.models import outbox
 from apps.api.app.models import rentals as rentals_model
 from apps.api.app.models.database import transaction
-from tests.helpers import bearer, wait_until
+from tests.helpers import bearer, metric_samples, wait_until
 
 pytestmark = pytest.mark.both_routes
 
@@ -214,3 +214,14 @@ def test_without_smtp_url_messages_are_logged_and_marked_delivered(
         assert deliver(app)["delivered"] == 1
     assert "not sent, only logged" in caplog.text and "dev@example.com" in caplog.text
     assert outbox_rows(admin_conn)[0]["delivered_at"] is not None
+
+
+def test_the_backlog_is_in_the_metrics(app, make_user, make_customer, make_product, health_headers):
+    client, headers = app.test_client(), bearer(app, make_user(role="staff"))
+    book(client, headers, make_customer(), make_product(), datetime.date(2031, 10, 1))
+    exposition = client.get("/metrics", headers=health_headers).get_data(as_text=True)
+    assert metric_samples(exposition, "rentals_outbox_pending") == [({}, 1.0)]
+    assert metric_samples(exposition, "rentals_outbox_parked") == [({}, 0.0)]
+    deliver(app)
+    exposition = client.get("/metrics", headers=health_headers).get_data(as_text=True)
+    assert metric_samples(exposition, "rentals_outbox_pending") == [({}, 0.0)]

@@ -156,6 +156,24 @@ _POOLER_RATES = {"avg_xact_count": "transactions", "avg_query_count": "queries"}
 _POOLER_LIMITS = (pgbouncer.POOL_SIZE, pgbouncer.RESERVE_POOL, pgbouncer.MAX_CLIENT_CONN, pgbouncer.MAX_DB_CONNECTIONS)
 
 # Pool stats key -> counter; each is published as the increase since the last publish.
+# The outbox's backlog (models/outbox.py), read from the database by whichever worker
+# answers a scrape; NaN when it could not be read.
+OUTBOX_PENDING = Gauge(
+    "rentals_outbox_pending",
+    "Outbox messages not yet delivered and not parked: waiting for their first attempt, a retry, or being sent.",
+    multiprocess_mode="livemostrecent",
+)
+OUTBOX_PARKED = Gauge(
+    "rentals_outbox_parked",
+    "Outbox messages parked after OUTBOX_MAX_ATTEMPTS failed attempts (or a permanent refusal); people must look.",
+    multiprocess_mode="livemostrecent",
+)
+OUTBOX_OLDEST_PENDING = Gauge(
+    "rentals_outbox_oldest_pending_seconds",
+    "Age of the oldest pending outbox message (0 when none).",
+    multiprocess_mode="livemostrecent",
+)
+
 POOL_COUNTERS = {
     ACQUISITIONS: Counter("rentals_db_pool_acquisitions", "Connections handed out by the pools."),
     TIMEOUTS: Counter("rentals_db_pool_timeouts", "Requests that found no free connection within DB_POOL_TIMEOUT."),
@@ -317,6 +335,14 @@ class PoolPublisher:
                 if increase > 0:
                     counter.inc(increase)
                     self._published[key] = stats[key]
+
+
+def publish_outbox(backlog: dict[str, Any] | None) -> None:
+    """Set the outbox gauges from models.outbox.backlog(); None: it could not be read (NaN)."""
+    figures = backlog or {}
+    OUTBOX_PENDING.set(figures.get("pending", math.nan))
+    OUTBOX_PARKED.set(figures.get("parked", math.nan))
+    OUTBOX_OLDEST_PENDING.set(figures.get("oldest_pending_seconds", math.nan))
 
 
 def publish_pooler(database: str, user: str, figures: dict[str, Any] | None) -> None:

@@ -33,10 +33,13 @@ from email.message import EmailMessage
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
+import psycopg2
 from flask import current_app
 
+from . import metrics
 from .config import Settings, redact_url
 from .models import outbox as model
+from .models.database import DatabaseUnavailable
 
 logger = logging.getLogger(__name__)
 
@@ -251,6 +254,21 @@ def _close(session: smtplib.SMTP, polite: bool = False) -> None:
             session.close()
     except (smtplib.SMTPException, OSError):
         session.close()
+
+
+def backlog() -> dict[str, Any] | None:
+    """Return the outbox's backlog (pending, parked, oldest_pending_seconds) and publish it to the metrics.
+
+    None when the database cannot be reached (the gauges then read NaN). For /metrics and
+    /api/health/jobs.
+    """
+    try:
+        figures = model.backlog()
+    except (DatabaseUnavailable, psycopg2.Error) as exc:
+        logger.warning("cannot read the outbox's backlog: %s", exc)
+        figures = None
+    metrics.publish_outbox(figures)
+    return figures
 
 
 def deliver_outbox() -> dict[str, int]:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from flask import Blueprint, Response
 
-from .. import metrics
+from .. import metrics, notifications
 from ..auth import require_health_token
 from ..models.database import pool_stats
 
@@ -19,7 +19,8 @@ bp = Blueprint("metrics", __name__)
 @bp.get("/metrics")
 @require_health_token
 def prometheus_metrics():
-    """Return all workers' metrics, after publishing this worker's latest pool figures."""
+    """Return all workers' metrics, after publishing this worker's latest pool figures and the outbox's backlog."""
     pool_stats()
+    notifications.backlog()
     body, content_type = metrics.exposition()
     return Response(body, content_type=content_type)
