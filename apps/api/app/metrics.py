@@ -19,6 +19,7 @@ import threading
 import time
 from bisect import bisect_left
 from collections import defaultdict
+from collections.abc import Iterator
 from typing import Any
 
 from prometheus_client import (
@@ -30,6 +31,8 @@ from prometheus_client import (
     Histogram,
     generate_latest,
 )
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
 
 from . import pgbouncer
 from .compat.prometheus_client import SizedFilesCollector, add_observations, bucket_bounds, use_process_identifier
@@ -307,10 +310,59 @@ def _registry() -> CollectorRegistry:
     return registry
 
 
-def exposition() -> tuple[bytes, str]:
-    """Return the text exposition of every worker's metrics and its content type."""
+def exposition(*extra: Collector) -> tuple[bytes, str]:
+    """Return the text exposition of every worker's metrics, then of `extra` collectors, and its content type."""
     flush_all()
-    return generate_latest(_registry()), CONTENT_TYPE_LATEST
+    body = generate_latest(_registry())
+    if extra:
+        registry = CollectorRegistry(auto_describe=False)
+        for collector in extra:
+            registry.register(collector)
+        body += generate_latest(registry)
+    return body, CONTENT_TYPE_LATEST
+
+
+class JobFigures(Collector):
+    """The jobs' figures as one scrape read them from the database (jobs/status.py): the cluster's,
+    the same from every host, so rules aggregate them with max, never sum."""
+
+    def __init__(self, figures: list[dict[str, Any]]) -> None:
+        self._figures = figures
+
+    def collect(self) -> Iterator[Metric]:
+        """Yield the families: runs by outcome, last success, missed slots, period, lag."""
+        runs = CounterMetricFamily(
+            "rentals_job_runs",
+            "Runs of each job by outcome: succeeded, failed, expired (its scheduler died or overran its timeout,"
+            " and another took it over), abandoned (its scheduler was stopped); all hosts.",
+            labels=["job", "outcome"],
+        )
+        last_success = GaugeMetricFamily(
+            "rentals_job_last_success_timestamp_seconds",
+            "When each job's last successful run ended (Unix time); absent for a job that never succeeded.",
+            labels=["job"],
+        )
+        missed = GaugeMetricFamily(
+            "rentals_job_missed_slots",
+            "Whole slots of each job passed since its last success (0 for a job that never ran).",
+            labels=["job"],
+        )
+        period = GaugeMetricFamily("rentals_job_period_seconds", "Each job's period.", labels=["job"])
+        lag = GaugeMetricFamily(
+            "rentals_job_lag_seconds",
+            "How long ago each job's earliest slot not yet succeeded started (0 while it is in the future).",
+            labels=["job"],
+        )
+        for job in self._figures:
+            name = job["name"]
+            for outcome, count in job["runs"].items():
+                runs.add_metric([name, outcome], count)
+            if job["last_success_at"] is not None:
+                last_success.add_metric([name], job["last_success_at"].timestamp())
+            missed.add_metric([name], job["missed_slots"])
+            period.add_metric([name], job["every_seconds"])
+            lag.add_metric([name], job["lag_seconds"])
+        yield from (runs, last_success, missed, period, lag)
 
 
 class PoolPublisher:
