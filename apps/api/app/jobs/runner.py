@@ -77,7 +77,7 @@ def execute(job: Job, claim: Mapping[str, Any]) -> Outcome:
     info = RunInfo(job, slot_at, attempt, time.monotonic() + job.timeout)
     token = _current.set(info)
     started = time.perf_counter()
-    logger.info("job %s: running slot %s (attempt %s)", job.name, slot_at.isoformat(), attempt)
+    logger.debug("job %s: running slot %s (attempt %s)", job.name, slot_at.isoformat(), attempt)
     try:
         summary = _summary(job.function())
     except Abandoned:
