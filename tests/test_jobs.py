@@ -149,3 +149,17 @@ def test_jobs_list_shows_the_configured_periods(make_app):
     listing = app.test_cli_runner().invoke(args=["jobs", "list"]).output
     assert "refresh_dashboard: every 7 s (DASHBOARD_REFRESH_SECONDS), timeout 120 s" in listing
     assert "expire_reservations: every 300 s, timeout 120 s" in listing
+
+
+def test_polling_a_taken_slot_writes_nothing(app, admin_conn):
+    job = _job(dict)
+    with app.app_context():
+        runner.run_due(job, "me")
+        with admin_conn.cursor() as cur:
+            cur.execute("SELECT xmin::text, xmax::text FROM job_runs UNION ALL SELECT xmin::text, xmax::text FROM jobs")
+            before = cur.fetchall()
+            for _ in range(3):
+                assert runner.run_due(job, "other") is None
+            cur.execute("SELECT xmin::text, xmax::text FROM job_runs UNION ALL SELECT xmin::text, xmax::text FROM jobs")
+            # No new row version and no row lock (a lock would set xmax).
+            assert cur.fetchall() == before

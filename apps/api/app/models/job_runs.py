@@ -31,20 +31,33 @@ def _count(outcome: str) -> str:
     return f"j.runs || jsonb_build_object({outcome}::text, coalesce((j.runs ->> {outcome})::bigint, 0) + 1)"
 
 
+def _claimable(row: str) -> str:
+    # The one home of when a slot's row may be claimed again: its run's lease ended, or its
+    # failed run is due for a retry.
+    return (
+        f"(({row}.status = 'running' AND {row}.claimed_until < now())"
+        f" OR ({row}.status = 'failed' AND {row}.retry_at <= now()))"
+    )
+
+
 _CLAIM = f"""
-WITH claimed AS (
+WITH slot AS (
+    SELECT CASE WHEN %(manual)s THEN now() ELSE {_slot_of("now()", "%(every)s", "%(offset)s")} END AS at
+),
+claimed AS (
     INSERT INTO job_runs AS r (job, slot_at, status, attempt, claimed_by, claimed_until)
-    VALUES (
-        %(job)s,
-        CASE WHEN %(manual)s THEN now() ELSE {_slot_of("now()", "%(every)s", "%(offset)s")} END,
-        'running', 1, %(by)s, now() + make_interval(secs => %(timeout)s))
+    SELECT %(job)s, slot.at, 'running', 1, %(by)s, now() + make_interval(secs => %(timeout)s) FROM slot
+    -- Only a read while the slot is taken (every poll of every scheduler but one): the
+    -- ON CONFLICT path below locks the row even when it changes nothing.
+    WHERE NOT EXISTS (
+        SELECT 1 FROM job_runs o WHERE o.job = %(job)s AND o.slot_at = slot.at AND NOT {_claimable("o")})
     ON CONFLICT (job, slot_at) DO UPDATE SET
         status = 'running', attempt = r.attempt + 1, claimed_by = excluded.claimed_by,
         claimed_until = excluded.claimed_until, started_at = now(), finished_at = NULL, retry_at = NULL,
         error = CASE WHEN r.status = 'running'
             THEN 'the run on ' || r.claimed_by || ' did not end within its timeout' ELSE r.error END,
         failed_at = CASE WHEN r.status = 'running' THEN now() ELSE r.failed_at END
-    WHERE (r.status = 'running' AND r.claimed_until < now()) OR (r.status = 'failed' AND r.retry_at <= now())
+    WHERE {_claimable("r")}
     RETURNING slot_at, attempt, coalesce(failed_at = now(), false) AS took_over, error
 ),
 known AS (
@@ -53,9 +66,8 @@ known AS (
         CASE WHEN took_over THEN now() END, CASE WHEN took_over THEN error END
     FROM claimed
     ON CONFLICT (name) DO UPDATE SET
-        runs = CASE WHEN excluded.last_failure_at IS NULL THEN j.runs ELSE {_count("'expired'")} END,
-        last_failure_at = coalesce(excluded.last_failure_at, j.last_failure_at),
-        last_error = CASE WHEN excluded.last_failure_at IS NULL THEN j.last_error ELSE excluded.last_error END
+        runs = {_count("'expired'")}, last_failure_at = excluded.last_failure_at, last_error = excluded.last_error
+    WHERE excluded.last_failure_at IS NOT NULL
 )
 SELECT slot_at, attempt, took_over FROM claimed
 """
