@@ -81,3 +81,20 @@ def test_a_killed_schedulers_run_is_taken_over_after_its_timeout(database_url, h
     assert starts[1][2] >= claimed_until
     ((status, attempt, error),) = hits("SELECT status, attempt, error FROM job_runs WHERE job = 'sleepy'")
     assert (status, attempt) == ("succeeded", 2) and "did not end within its timeout" in error
+
+
+@pytest.mark.direct_only("the route does not change how a scheduler stops")
+def test_a_second_signal_abandons_the_run_for_another_scheduler_to_retry_at_once(database_url, hits, tmp_path):
+    with schedulers(database_url, tmp_path, ["sleepy"]) as group:
+        (scheduler,) = group.add(1)
+        assert wait_until(lambda: hits("SELECT 1 FROM job_hits WHERE phase = 'start'"), timeout=15)
+        scheduler.terminate()
+        # The first signal lets the run finish: the scheduler is still there.
+        assert wait_until(lambda: "signal again to abandon it" in scheduler.output(), timeout=10)
+        assert scheduler.process.poll() is None
+        scheduler.process.send_signal(signal.SIGTERM)
+        assert scheduler.process.wait(timeout=15) == 1, scheduler.output()[-2000:]
+    ((status, error, retry_due),) = hits("SELECT status, error, retry_at <= now() FROM job_runs WHERE job = 'sleepy'")
+    assert (status, retry_due) == ("failed", True) and error.startswith("abandoned")
+    assert hits("SELECT runs FROM jobs WHERE name = 'sleepy'") == [({"abandoned": 1},)]
+    assert hits("SELECT phase FROM job_hits") == [("start",)]
