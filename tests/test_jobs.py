@@ -11,8 +11,7 @@ import threading
 
 import pytest
 
-from apps.api.app.jobs import JOBS, Job
-from apps.api.app.jobs import runner
+from apps.api.app.jobs import JOBS, Job, runner
 from apps.api.app.models import job_runs
 
 pytestmark = pytest.mark.both_routes
@@ -136,3 +135,17 @@ def test_run_once_runs_the_current_slot_once(app):
     assert second.exit_code == 0 and "ran already" in second.output
     unknown = runner_cli.invoke(args=["jobs", "run-once", "nope"])
     assert unknown.exit_code != 0 and "no job named nope" in unknown.output
+
+
+def test_a_period_may_name_a_setting(make_app):
+    job = _job(dict, every="DASHBOARD_REFRESH_SECONDS")
+    assert job.period(make_app(DASHBOARD_REFRESH_SECONDS="7").config["SETTINGS"]) == 7
+    with pytest.raises(ValueError, match="seconds or a setting's name"):
+        _job(dict, every="NO_SUCH_SETTING")
+
+
+def test_jobs_list_shows_the_configured_periods(make_app):
+    app = make_app(DASHBOARD_REFRESH_SECONDS="7")
+    listing = app.test_cli_runner().invoke(args=["jobs", "list"]).output
+    assert "refresh_dashboard: every 7 s (DASHBOARD_REFRESH_SECONDS), timeout 120 s" in listing
+    assert "expire_reservations: every 300 s, timeout 120 s" in listing

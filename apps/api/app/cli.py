@@ -204,14 +204,15 @@ def run_once_command(name: str, manual: bool) -> None:
 @jobs_cli.command("list")
 def list_jobs_command() -> None:
     """List the declared jobs with their schedule and timeout."""
+    settings = current_app.config["SETTINGS"]
     for job in jobs.JOBS.values():
         offset = f" + {job.offset:g} s" if job.offset else ""
-        click.echo(f"{job.name}: every {job.every:g} s{offset}, timeout {job.timeout:g} s")
+        named = f" ({job.every})" if isinstance(job.every, str) else ""
+        click.echo(f"{job.name}: every {job.period(settings):g} s{named}{offset}, timeout {job.timeout:g} s")
 
 
 def register(app: Flask) -> None:
     """Add the command groups to the app's CLI."""
-    jobs.definitions.configure(app.config["SETTINGS"])
     app.cli.add_command(db_cli)
     app.cli.add_command(users_cli)
     app.cli.add_command(jobs_cli)

@@ -7,15 +7,12 @@ past its timeout. Each is idempotent: running a slot again finds nothing left to
 
 from __future__ import annotations
 
-import dataclasses
-
 from flask import current_app
 
 from .. import notifications, ratelimit
-from ..config import Settings
 from ..models import dashboard, idempotency, outbox, rentals
 from ..models.database import transaction
-from .registry import JOBS, check_lease, job, register
+from .registry import check_lease, job
 
 # Rows per statement: small enough that a batch's locks and WAL stay small.
 BATCH = 500
@@ -75,12 +72,7 @@ def deliver_outbox() -> dict[str, int]:
     return notifications.deliver_outbox()
 
 
-@job("refresh_dashboard", every=Settings.model_fields["dashboard_refresh_seconds"].default, timeout=120)
+@job("refresh_dashboard", every="DASHBOARD_REFRESH_SECONDS", timeout=120)
 def refresh_dashboard() -> dict[str, float | bool]:
     """Recompute the dashboard's snapshot, once for every worker and host (models/dashboard.py)."""
     return dashboard.refresh_snapshot()
-
-
-def configure(settings: Settings) -> None:
-    """Give the jobs whose period is a setting that period: refresh_dashboard runs every DASHBOARD_REFRESH_SECONDS."""
-    register(dataclasses.replace(JOBS["refresh_dashboard"], every=settings.dashboard_refresh_seconds))

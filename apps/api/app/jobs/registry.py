@@ -12,11 +12,14 @@ runs, `current_run()` says which slot and attempt it is and how much of its leas
 
 A schedule is `every` seconds, in slots aligned to the Unix epoch (UTC) and shifted by
 `offset`: every=86400 is each UTC day at 00:00, every=86400 with offset=6 * 3600 each day
-at 06:00, every=600 at :00, :10, ... . Each slot runs once across all schedulers.
+at 06:00, every=600 at :00, :10, ... . Each slot runs once across all schedulers. `every`
+may also name a setting (every="DASHBOARD_REFRESH_SECONDS"): the period is then that
+setting's value in the app that runs or reports the job (`Job.period(settings)`).
 """
 
 from __future__ import annotations
 
+import math
 import re
 import time
 from collections.abc import Callable, Mapping
@@ -24,6 +27,8 @@ from contextvars import ContextVar
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
+
+from ..config import SETTING_NAMES, Settings
 
 Summary = Mapping[str, Any]
 JobFunction = Callable[[], Summary | None]
@@ -39,7 +44,7 @@ class Job:
     """One job: what runs, how often, and how long a run may hold its slot (its lease)."""
 
     name: str
-    every: float
+    every: float | str
     function: JobFunction
     timeout: float
     offset: float = 0.0
@@ -49,11 +54,14 @@ class Job:
     def __post_init__(self) -> None:
         if not _NAME.match(self.name):
             raise ValueError(f"job name {self.name!r} must be lowercase letters, digits and _, starting with a letter")
-        if not self.every > 0:
+        if isinstance(self.every, str):
+            if self.every not in SETTING_NAMES:
+                raise ValueError(f"job {self.name}: every must be seconds or a setting's name, got {self.every!r}")
+        elif not self.every > 0:
             raise ValueError(f"job {self.name}: every must be greater than 0 seconds, got {self.every}")
         if not self.timeout > 0:
             raise ValueError(f"job {self.name}: timeout must be greater than 0 seconds, got {self.timeout}")
-        if not 0 <= self.offset < self.every:
+        if not 0 <= self.offset < (math.inf if isinstance(self.every, str) else self.every):
             raise ValueError(
                 f"job {self.name}: offset must be at least 0 and below every ({self.every}), got {self.offset}"
             )
@@ -64,9 +72,11 @@ class Job:
         """Return the seconds to wait before retrying after failed attempt number `attempt` (1, 2, ...)."""
         return min(self.retry_base * 2 ** min(attempt - 1, 30), self.retry_max)
 
-    def slot_at(self, epoch: float) -> float:
-        """Return the start of the slot that holds `epoch` (seconds since the Unix epoch)."""
-        return (epoch - self.offset) // self.every * self.every + self.offset
+    def period(self, settings: Settings) -> float:
+        """Return the seconds between slots: `every`, or the value of the setting it names."""
+        if isinstance(self.every, str):
+            return float(getattr(settings, self.every.lower()))
+        return float(self.every)
 
 
 JOBS: dict[str, Job] = {}
@@ -84,7 +94,7 @@ def register(declared: Job) -> Job:
 def job(
     name: str,
     *,
-    every: float,
+    every: float | str,
     timeout: float,
     offset: float = 0.0,
     retry_base: float = DEFAULT_RETRY_BASE,

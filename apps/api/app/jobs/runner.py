@@ -111,7 +111,8 @@ def execute(job: Job, claim: Mapping[str, Any]) -> Outcome:
 
 def run_due(job: Job, by: str, manual: bool = False) -> Outcome | None:
     """Claim and run the job's current slot (manual: a slot of this moment); None when it is not ours to run."""
-    claim = job_runs.claim(job.name, job.every, job.offset, job.timeout, by, manual)
+    every = job.period(current_app.config["SETTINGS"])
+    claim = job_runs.claim(job.name, every, job.offset, job.timeout, by, manual)
     if claim is None:
         return None
     if claim["took_over"]:
