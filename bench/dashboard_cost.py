@@ -1,6 +1,6 @@
 """What GET /api/dashboard costs the database, per app and worker count, from bench runs' results.json.
 
-    .venv/bin/python -m bench.dashboard_cost bench/results/dashboard-ab-w2/results.json bench/results/dashboard-ab-w8/...
+    .venv/bin/python -m bench.dashboard_cost bench/results/<run>/results.json [more runs...]
 
 Each point of a run records the PostgreSQL server's CPU per request (bench/cpu.py: the
 postmaster and every backend, over the point's fixed BENCH_DURATION window). Multiplied by
