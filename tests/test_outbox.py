@@ -13,6 +13,7 @@ from apps.api.app.models import outbox
 from apps.api.app.models import rentals as rentals_model
 from apps.api.app.models.database import transaction
 from tests.helpers import bearer, metric_samples, wait_until
+from tests.support.smtp import SmtpServer, self_signed
 
 pytestmark = pytest.mark.both_routes
 
@@ -167,6 +168,10 @@ def test_a_claim_is_exclusive_until_its_lease_runs_out(mail_app, make_user, make
         time.sleep(0.6)
         [again] = outbox.claim(10, lease_seconds=0.5, max_attempts=5)
     assert again["id"] == claimed["id"] and again["attempts"] == 2
+    with mail_app.app_context():
+        outbox.release([again])  # given back unsent: due at once, the attempt not counted
+        [back] = outbox.claim(10, lease_seconds=0.5, max_attempts=5)
+    assert back["id"] == claimed["id"] and back["attempts"] == 2
 
 
 @pytest.mark.slow
@@ -225,3 +230,24 @@ def test_the_backlog_is_in_the_metrics(app, make_user, make_customer, make_produ
     deliver(app)
     exposition = client.get("/metrics", headers=health_headers).get_data(as_text=True)
     assert metric_samples(exposition, "rentals_outbox_pending") == [({}, 0.0)]
+
+
+def test_delivery_upgrades_with_starttls_and_logs_in(
+    make_app, make_user, make_customer, make_product, tmp_path, monkeypatch
+):
+    cert, key = self_signed(tmp_path)
+    monkeypatch.setenv("SSL_CERT_FILE", str(cert))  # the client trusts the test's certificate, and only it
+    server = SmtpServer(tls=(cert, key))
+    server.start()
+    try:
+        app = make_app(SMTP_URL=server.url)
+        client, headers = app.test_client(), bearer(app, make_user(role="staff"))
+        book(client, headers, make_customer(email="tls@example.com"), make_product(), datetime.date(2031, 11, 1))
+        assert deliver(app)["delivered"] == 1
+        wrong = make_app(SMTP_URL=server.url.replace(server.password, "wrong"))
+        book(client, headers, make_customer(email="tls2@example.com"), make_product(), datetime.date(2031, 11, 1))
+        assert deliver(wrong) == {"delivered": 0, "failed": 1, "parked": 0, "given_back": 0}
+    finally:
+        server.stop()
+    assert server.logins == ["mailer"]
+    assert [r for r, _ in server.received] == [["tls@example.com"]]

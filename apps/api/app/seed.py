@@ -296,6 +296,9 @@ def seed(
     with transaction() as cur:
         cur.execute("SELECT pg_advisory_xact_lock(%s)", (LOCK_ID,))
         cur.execute("SET LOCAL statement_timeout = 0")
+        # The rentals' timelines are built in memory before their COPY starts (about a minute
+        # at 10M rows): the session waits for them inside the transaction.
+        cur.execute("SET LOCAL idle_in_transaction_session_timeout = 0")
         cur.execute("SET LOCAL synchronous_commit = off")
         cur.execute("SET LOCAL maintenance_work_mem = '256MB'")
         if not truncate:
