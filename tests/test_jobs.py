@@ -163,3 +163,14 @@ def test_polling_a_taken_slot_writes_nothing(app, admin_conn):
             cur.execute("SELECT xmin::text, xmax::text FROM job_runs UNION ALL SELECT xmin::text, xmax::text FROM jobs")
             # No new row version and no row lock (a lock would set xmax).
             assert cur.fetchall() == before
+
+
+def test_a_summary_json_cannot_store_is_recorded_as_text(app):
+    import datetime
+    import decimal
+
+    job = _job(lambda: {"day": datetime.date(2030, 1, 2), "amount": decimal.Decimal("1.50")})
+    with app.app_context():
+        outcome = runner.run_due(job, "me")
+        assert outcome.outcome == "succeeded" and outcome.summary == {"day": "2030-01-02", "amount": "1.50"}
+        assert job_runs.slot_runs(job.name)[0]["summary"] == {"day": "2030-01-02", "amount": "1.50"}

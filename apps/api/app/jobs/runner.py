@@ -17,6 +17,7 @@ once.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import random
@@ -64,7 +65,9 @@ def runner_id() -> str:
 
 
 def _summary(value: Mapping[str, Any] | None) -> dict[str, Any]:
-    return dict(value or {})
+    # What the job returned, as JSON can store it (a date or a Decimal becomes its text), so
+    # recording it can never fail after the work is done.
+    return json.loads(json.dumps(dict(value or {}), default=str))
 
 
 def execute(job: Job, claim: Mapping[str, Any]) -> Outcome:
@@ -81,9 +84,7 @@ def execute(job: Job, claim: Mapping[str, Any]) -> Outcome:
     try:
         summary = _summary(job.function())
     except Abandoned:
-        recorded = job_runs.record_failure(
-            job.name, slot_at, attempt, "abandoned: its scheduler was stopped", 0, "abandoned"
-        )
+        job_runs.record_failure(job.name, slot_at, attempt, "abandoned: its scheduler was stopped", 0, "abandoned")
         logger.warning("job %s: abandoned slot %s; another scheduler retries it", job.name, slot_at.isoformat())
         raise
     except Exception as exc:  # the job's own failure, whatever it is: recorded and retried, never fatal
