@@ -174,3 +174,15 @@ def test_a_summary_json_cannot_store_is_recorded_as_text(app):
         outcome = runner.run_due(job, "me")
         assert outcome.outcome == "succeeded" and outcome.summary == {"day": "2030-01-02", "amount": "1.50"}
         assert job_runs.slot_runs(job.name)[0]["summary"] == {"day": "2030-01-02", "amount": "1.50"}
+
+
+@pytest.mark.direct_only("no database is reached on either route")
+def test_a_scheduler_outlives_an_unreachable_database(make_app, caplog):
+    from devtools.embedded_pg import free_port
+
+    app = make_app(DATABASE_URL=f"postgresql://nobody:x@127.0.0.1:{free_port()}/nothing", DB_POOL_MIN_CONNECTIONS="0")
+    scheduler = runner.Scheduler(app, [_job(dict)], poll=0.01)
+    with app.app_context():
+        assert scheduler.tick() == [] and scheduler.tick() == []
+    # One warning per outage, not one per poll.
+    assert len([r for r in caplog.records if "cannot reach the jobs' tables" in r.getMessage()]) == 1
