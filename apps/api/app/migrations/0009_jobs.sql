@@ -22,6 +22,10 @@ CREATE TABLE job_runs (
     PRIMARY KEY (job, slot_at)
 );
 
+-- The runs in progress (a few at any time), which /api/health/jobs names, without a scan of
+-- a job's whole history.
+CREATE INDEX job_runs_running_idx ON job_runs (job, slot_at) WHERE status = 'running';
+
 -- One row per job that ever ran: what the health endpoint and the metrics read in one
 -- small scan, and the run counters by outcome, which outlive the pruned job_runs rows.
 CREATE TABLE jobs (

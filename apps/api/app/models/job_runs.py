@@ -15,7 +15,7 @@ from typing import Any
 
 from psycopg2.extras import Json
 
-from .database import execute_query, execute_query_one, execute_write
+from .database import execute_query, execute_write
 
 OUTCOMES = ("succeeded", "failed", "expired", "abandoned")
 
@@ -194,13 +194,5 @@ def slot_runs(name: str) -> list[dict[str, Any]]:
     return execute_query(
         "SELECT slot_at, status, attempt, claimed_by, started_at, finished_at, summary, error"
         " FROM job_runs WHERE job = %s ORDER BY slot_at",
-        (name,),
-    )
-
-
-def last_run(name: str) -> dict[str, Any] | None:
-    """Return the job's run with the latest slot, or None."""
-    return execute_query_one(
-        "SELECT slot_at, status, attempt, claimed_by, error FROM job_runs WHERE job = %s ORDER BY slot_at DESC LIMIT 1",
         (name,),
     )
