@@ -34,7 +34,7 @@ def main() -> int:
             base = served_address(settings.bind_host, settings.port)
             wait_until_serving(base, [gunicorn])
             title = f"Rentals API on {base}  (Ctrl-C stops it and the database)"
-            print(banner(base, settings.health_api_token, demo, title=title), flush=True)
+            print(banner(base, settings.health_api_token, demo, target.url, title=title), flush=True)
             return supervisor.wait()
     except RuntimeError as exc:
         print(f"run_dev: {exc}", file=sys.stderr, flush=True)
