@@ -22,14 +22,16 @@ cluster: $(STAMP)
 	$(BIN)/python -m devtools.cluster
 
 ## test: lint, format check, import layers and the whole test suite against an embedded PostgreSQL;
-##       installs Debian's pgbouncer and haproxy first when root (their tests are skipped without
-##       them, and fail under CI=true)
+##       installs Debian's pgbouncer, haproxy and prometheus (for promtool) first when root (their
+##       tests are skipped without them, and fail under CI=true). TEST_WORKERS pytest processes share
+##       the files (pytest-xdist), each with its own PostgreSQL; TEST_WORKERS=0 runs them one by one.
+TEST_WORKERS ?= 3
 test: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/lint-imports --no-logo
-	$(BIN)/python -m devtools.debian pgbouncer haproxy
-	$(BIN)/python -m pytest
+	$(BIN)/python -m devtools.debian pgbouncer haproxy promtool
+	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadgroup
 
 BENCH_STAMP := $(VENV)/.bench-installed
 
@@ -42,7 +44,7 @@ BENCH_DASHBOARD_RENTALS ?= 10000000
 BENCH_DASHBOARD_OUT ?= bench/dashboard-10m
 
 ## bench: load benchmarks vs peer pools, writes bench/REPORT.md and plots (~29 min; not in make test),
-##        then GET /api/dashboard alone at BENCH_DASHBOARD_RENTALS (10M: ~35 min more, most of it the seed)
+##        then GET /api/dashboard alone at BENCH_DASHBOARD_RENTALS (10M: ~20 min more, 16 of them the seed)
 ##        into bench/dashboard-10m/REPORT.md
 ##        BENCH_QUICK=1 make bench: 2-3 min smoke run into bench/results/quick/ (no 10M pass)
 bench: $(BENCH_STAMP)

@@ -15,6 +15,7 @@ import http.client
 import json
 import logging
 import os
+import shlex
 import signal
 import subprocess
 import sys
@@ -300,8 +301,14 @@ def _migrate_and_seed(url: str, timeouts_on_role: bool) -> dict | None:
 # -- what the launchers print ---------------------------------------------------------------
 
 
-def banner(base: str, health_token: str, demo: dict | None, *, title: str, details: Sequence[str] = ()) -> str:
-    """Return the lines a launcher prints once it serves on `base`: curl lines and the demo admin's login."""
+def banner(
+    base: str, health_token: str, demo: dict | None, database_url: str, *, title: str, details: Sequence[str] = ()
+) -> str:
+    """Return the lines a launcher prints once it serves on `base`: curl lines and logins.
+
+    The demo admin's login when `demo` is known, and the command that makes an admin of
+    your own on `database_url` (the app's database, whatever port DEV_DB_PORT gave it).
+    """
     lines = [
         "",
         title,
@@ -310,15 +317,18 @@ def banner(base: str, health_token: str, demo: dict | None, *, title: str, detai
         f"  curl -H 'Authorization: Bearer {health_token}' {base}/api/health/db",
         f"  curl -H 'Authorization: Bearer {health_token}' {base}/api/health/db/test",
     ]
-    if not demo:
-        lines += [
-            "No demo login on record; while this runs, make an admin in another terminal:",
-            "  .venv/bin/flask --app apps.api.wsgi users create --email you@example.com --role admin",
-        ]
-    else:
+    if demo:
         lines += [
             f"Demo admin: {demo['email']} / {demo['password']}",
             f"  curl -X POST {base}/api/auth/login -H 'Content-Type: application/json' "
             f"""-d '{{"email": "{demo["email"]}", "password": "{demo["password"]}"}}'""",
         ]
+    else:
+        lines.append("No demo login on record.")
+    lines += [
+        "An admin of your own: while this runs, in another terminal:",
+        # With the URL: the command reads .env.dev otherwise, whose port is DEV_DB_PORT's default.
+        f"  DATABASE_URL={shlex.quote(database_url)} .venv/bin/flask --app apps.api.wsgi users create"
+        " --email you@example.com --role admin",
+    ]
     return "\n".join(lines) + "\n"

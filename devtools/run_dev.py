@@ -46,7 +46,7 @@ def main() -> int:
             wait_until_serving(base, [gunicorn, scheduler])
             title = f"Rentals API on {base}  (Ctrl-C stops it, the scheduler and the database)"
             details = [f"  jobs: one scheduler (pid {scheduler.pid}), `flask --app apps.api.wsgi jobs run`"]
-            print(banner(base, settings.health_api_token, demo, title=title, details=details), flush=True)
+            print(banner(base, settings.health_api_token, demo, target.url, title=title, details=details), flush=True)
             return supervisor.wait()
     except RuntimeError as exc:
         print(f"run_dev: {exc}", file=sys.stderr, flush=True)

@@ -6,13 +6,14 @@ import collections
 import datetime
 import time
 
+import psycopg2
 import pytest
 
 from apps.api.app import seed
 from apps.api.app.models import dashboard
-from tests.helpers import bearer
+from tests.helpers import bearer, wait_until
 from tests.support.gunicorn import start_gunicorn, stop_gunicorn
-from tests.support.load import send_all
+from tests.support.load import Burst
 
 pytestmark = pytest.mark.both_routes
 
@@ -195,18 +196,36 @@ def test_a_request_refreshes_a_snapshot_the_job_left_late(make_app, make_user, m
 
 @pytest.mark.slow
 def test_concurrent_first_requests_on_two_hosts_compute_the_snapshot_once(
-    app, database_url, route_settings, staff_headers, seeded, admin_conn
+    app, database_url, direct_database_url, route_settings, staff_headers, seeded, admin_conn
 ):
-    hosts = []
+    hosts, bursts = [], []
+    # While this transaction holds the customers table, a computation cannot finish, so
+    # every first request is in flight at once, whatever the machine's speed.
+    blocker = psycopg2.connect(direct_database_url)
     try:
         for _ in range(2):  # two hosts of two workers each, on one database
             hosts.append(start_gunicorn(database_url, WEB_CONCURRENCY=2, GUNICORN_THREADS=4, **route_settings))
+        with blocker.cursor() as cur:
+            cur.execute("LOCK TABLE customers IN ACCESS EXCLUSIVE MODE")
         request = ("GET", "/api/dashboard", staff_headers, None, "read")
-        replies = {port: send_all(port, [request] * 12) for _, port in hosts}
+        bursts = [Burst(port, [request] * 8) for _, port in hosts]
+        # Four backends or more waiting: requests of every worker of both hosts have arrived.
+        wait_until(lambda: waiting_backends(admin_conn) >= 4, timeout=4)
+        time.sleep(0.3)
+        blocker.rollback()
+        replies = [reply for burst in bursts for reply in burst.result()]
     finally:
+        blocker.close()
         logs = [stop_gunicorn(process) for process, _ in hosts]
-    bodies = [reply.body for sent in replies.values() for reply in sent]
-    assert all(reply.status == 200 for sent in replies.values() for reply in sent), bodies
-    assert len({body["generated_at"] for body in bodies}) == 1, "the replies came from different computations"
+    assert all(reply.status == 200 for reply in replies), [reply.body for reply in replies]
+    assert len({reply.body["generated_at"] for reply in replies}) == 1, "the replies came from different computations"
     assert rows(admin_conn, "SELECT refreshes FROM dashboard_snapshot")[0]["refreshes"] == 1
     assert sum(log.count("dashboard snapshot computed") for log in logs) == 1
+
+
+def waiting_backends(conn) -> int:
+    """Return how many of the app's backends wait for a lock."""
+    return rows(
+        conn,
+        "SELECT count(*) AS n FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND datname = current_database()",
+    )[0]["n"]

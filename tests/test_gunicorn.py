@@ -10,7 +10,7 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 
 from devtools.embedded_pg import free_port
-from tests.helpers import app_backends, app_config
+from tests.helpers import app_backends, app_config, refusal_lines
 from tests.support.gunicorn import GUNICORN_COMMAND, ROOT, get_json, start_gunicorn, stop_gunicorn
 
 pytestmark = pytest.mark.slow
@@ -45,12 +45,14 @@ def test_gunicorn_serves_from_two_workers_and_stops_cleanly(database_url, admin_
             "GUNICORN_THREADS (8) is above DB_POOL_MAX_CONNECTIONS (4)",
         ),
         ({"DB_POOL_TIMEOUT": "0"}, "DB_POOL_TIMEOUT must be greater than 0"),
+        ({"DB_POOL_MAX_CONNECTIONS": "abc"}, "DB_POOL_MAX_CONNECTIONS must be a whole number, got 'abc'."),
         ({"APP_ENV": "production", "SECRET_KEY": "dev-secret-key-change-me"}, "SECRET_KEY is a development default"),
     ],
-    ids=["threads-above-pool", "zero-timeout", "dev-secret-in-production"],
+    ids=["threads-above-pool", "zero-timeout", "not-a-number", "dev-secret-in-production"],
 )
-def test_gunicorn_refuses_bad_settings_before_starting_workers(database_url, settings, sentence):
-    env = {**os.environ, **app_config(database_url, PORT=free_port(), **settings)}
+def test_gunicorn_refuses_bad_settings_before_starting_workers(database_url, tmp_path, settings, sentence):
+    env = {**os.environ, **app_config(database_url, PORT=free_port(), **settings), "TMPDIR": str(tmp_path)}
+    env.pop("PROMETHEUS_MULTIPROC_DIR", None)  # so gunicorn.conf.py makes its own, in TMPDIR
     result = subprocess.run(
         GUNICORN_COMMAND,
         cwd=ROOT,
@@ -59,6 +61,11 @@ def test_gunicorn_refuses_bad_settings_before_starting_workers(database_url, set
         text=True,
         timeout=30,
     )
-    assert result.returncode != 0
-    assert sentence in result.stdout + result.stderr
-    assert "Booting worker" not in result.stdout + result.stderr
+    output = result.stdout + result.stderr
+    # The sentence alone, no traceback (gunicorn's own log lines aside), and status 2.
+    assert result.returncode == 2, output
+    assert "Traceback" not in output
+    (line,) = refusal_lines(result.stderr)
+    assert sentence in line
+    assert "Booting worker" not in output
+    assert not list(tmp_path.glob("rentals-metrics-*")), "the refused start left its metrics folder behind"

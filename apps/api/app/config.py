@@ -13,10 +13,12 @@ is never loaded.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import re
-from collections.abc import Mapping
+import sys
+from collections.abc import Callable, Iterator, Mapping
 from contextvars import ContextVar
 from dataclasses import dataclass
 from pathlib import Path
@@ -47,6 +49,28 @@ GENERATE_SECRET = "python -c 'import secrets; print(secrets.token_urlsafe(32))'"
 
 class ConfigError(ValueError):
     """A setting is missing or has a value the API cannot run with."""
+
+
+# The exit status of a process refused for its configuration: a usage error, as click's.
+CONFIG_ERROR_EXIT_STATUS = 2
+
+
+@contextlib.contextmanager
+def exit_on_config_error(cleanup: Callable[[], object] | None = None) -> Iterator[None]:
+    """Run the block; a ConfigError raised in it ends the process: its sentence on stderr, exit status 2.
+
+    For the entry points a person starts (gunicorn.conf.py, apps/api/wsgi.py under flask):
+    the sentence names the setting and the fix, and a traceback would only bury it.
+    `cleanup` runs first, for what the process made before it read its settings.
+    """
+    try:
+        yield
+    except ConfigError as exc:
+        if cleanup is not None:
+            cleanup()
+        sys.stderr.write(f"{exc}\n")
+        sys.stderr.flush()
+        raise SystemExit(CONFIG_ERROR_EXIT_STATUS) from None
 
 
 # -- rules: how a value is read, what it may be, and the sentence a bad one gets ---------------

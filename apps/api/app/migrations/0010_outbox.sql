@@ -16,8 +16,9 @@ CREATE TABLE outbox (
     recipient text NOT NULL CHECK (length(recipient) BETWEEN 3 AND 254),
     -- The facts the message tells, as they were when the change committed.
     payload jsonb NOT NULL,
-    -- At most one message per key: the overdue reminder's is its rental and day.
-    dedupe_key text UNIQUE,
+    -- At most one message per key (outbox_dedupe_key_idx): the overdue reminder's is its
+    -- rental and day; the others have none.
+    dedupe_key text,
     created_at timestamptz NOT NULL DEFAULT now(),
     attempts integer NOT NULL DEFAULT 0 CHECK (attempts >= 0),
     next_attempt_at timestamptz NOT NULL DEFAULT now(),
@@ -30,3 +31,5 @@ CREATE TABLE outbox (
 -- The queue: only rows not yet delivered (parked ones included, for the backlog's count),
 -- so it stays small however many messages were ever sent.
 CREATE INDEX outbox_undelivered_idx ON outbox (next_attempt_at, id) WHERE delivered_at IS NULL;
+-- Partial: a booking's message has no key and costs no entry here.
+CREATE UNIQUE INDEX outbox_dedupe_key_idx ON outbox (dedupe_key) WHERE dedupe_key IS NOT NULL;

@@ -49,7 +49,7 @@ def notice_sql(kind: str, source: str, condition: str = "TRUE") -> str:
         "INSERT INTO outbox (kind, rental_id, recipient, payload, dedupe_key)"
         f" SELECT '{kind}', r.id, c.email, {_PAYLOAD}, {_DEDUPE.get(kind, 'NULL')}"
         f" FROM {source} r JOIN customers c ON c.id = r.customer_id JOIN products p ON p.id = r.product_id"
-        f" WHERE ({condition}) AND c.email IS NOT NULL ON CONFLICT (dedupe_key) DO NOTHING"
+        f" WHERE ({condition}) AND c.email IS NOT NULL ON CONFLICT (dedupe_key) WHERE dedupe_key IS NOT NULL DO NOTHING"
     )
 
 
