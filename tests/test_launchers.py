@@ -79,15 +79,19 @@ def stop_and_check_everything_gone(launcher: Launcher, signum: int, ports: list[
     assert not [port for port in ports if accepts_connections("127.0.0.1", port)]
 
 
-@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
-def test_make_run_serves_and_a_signal_to_the_launcher_alone_stops_everything(dev_data_dir, tmp_path, signum):
-    settings = {"WEB_CONCURRENCY": "1", "GUNICORN_THREADS": "4"}
+@pytest.mark.parametrize(
+    ("server", "signum"),
+    [("gunicorn", signal.SIGINT), ("gunicorn", signal.SIGTERM), ("granian", signal.SIGINT)],
+    ids=["SIGINT", "SIGTERM", "granian-SIGINT"],
+)
+def test_make_run_serves_and_a_signal_to_the_launcher_alone_stops_everything(dev_data_dir, tmp_path, server, signum):
+    settings = {"WEB_CONCURRENCY": "1", "GUNICORN_THREADS": "4", "SERVER": server}
     with run_launcher("devtools.run_dev", dev_data_dir, tmp_path / "run_dev.log", settings) as launcher:
         assert f"Rentals API on http://127.0.0.1:{launcher.port} " in launcher.output()
         token = log_in(launcher)
         assert request(launcher.port, "GET", "/api/customers?limit=1", token=token)[0] == 200
-        gunicorn = [p for p in launcher.descendants().values() if "gunicorn" in " ".join(p.cmdline())]
-        assert len(gunicorn) == 2  # the master and its worker
+        served_by = [p for p in launcher.descendants().values() if f"-m {server} " in " ".join(p.cmdline())]
+        assert len(served_by) == 2  # the main process and its worker
         assert len(schedulers_of(launcher)) == 1
         # The scheduler runs the jobs: refresh_dashboard's first slot begins at once.
         assert wait_until(lambda: jobs_ran(launcher.port)["refresh_dashboard"] >= 1, timeout=30, interval=0.5)

@@ -501,6 +501,15 @@ class Settings(BaseSettings):
     db_pool_ping_after: Annotated[
         float, Seconds(positive=False), Doc(POOL, "ping a connection idle this long before use; 0 pings every time")
     ] = 30
+    db_pool_keepalive_seconds: Annotated[
+        float,
+        Seconds(positive=False),
+        Doc(
+            POOL,
+            "idle connections unused this long are checked in the background, without a round trip, for a"
+            " socket the server closed; closed ones are dropped and the pool refills to its minimum; 0: off",
+        ),
+    ] = 5
     db_pool_leak_threshold: Annotated[
         float, Seconds(), Doc(POOL, "log a connection held this long as a possible leak")
     ] = 30
@@ -520,6 +529,15 @@ class Settings(BaseSettings):
         int, Whole(0, unit="ms"), Doc(CONNECTION, "lock waits fail after this (503); 0: no limit")
     ] = 5000
     db_retry_after: Annotated[int, Whole(1, unit="s"), Doc(CONNECTION, "`Retry-After` on every 503")] = 2
+    db_probe_interval_seconds: Annotated[
+        float,
+        Seconds(),
+        Doc(
+            CONNECTION,
+            "one worker per host connects and runs `SELECT 1` this often, traffic or not:"
+            " `rentals_database_up` and the RentalsDatabaseDown alert",
+        ),
+    ] = 5
     db_pooler: Annotated[
         str,
         Choice(POOLERS),
@@ -541,8 +559,12 @@ class Settings(BaseSettings):
             "empty: off",
         ),
     ] = ""
-    web_concurrency: Annotated[int, Whole(1), Doc(SERVER, "gunicorn worker processes per host; 2 to 4 per core")] = 2
-    gunicorn_threads: Annotated[int, Whole(1), Doc(SERVER, "threads per worker; <= DB_POOL_MAX_CONNECTIONS")] = 8
+    web_concurrency: Annotated[
+        int, Whole(1), Doc(SERVER, "worker processes per host (granian: its --workers wins); 2 to 4 per core")
+    ] = 2
+    gunicorn_threads: Annotated[
+        int, Whole(1), Doc(SERVER, "threads per worker (granian: --blocking-threads wins); <= DB_POOL_MAX_CONNECTIONS")
+    ] = 8
     gunicorn_timeout: Annotated[
         int,
         Whole(1, unit="s"),

@@ -147,6 +147,7 @@ class Database:
         self.capacity: dict[str, Any] | None = None
         self._publish: metrics.PoolPublisher | None = None
         self._pooler: metrics.PoolerPublisher | None = None
+        self._probe: metrics.DatabaseProbe | None = None
         self._closed_in_pid: int | None = None
         _databases.add(self)
 
@@ -171,6 +172,7 @@ class Database:
                 self._publish = metrics.PoolPublisher()
                 if self.settings.pgbouncer_admin_url:
                     self._pooler = metrics.PoolerPublisher(self.settings)
+                self._probe = metrics.DatabaseProbe(self.settings, self.probe_targets())
                 self._pool = self._make_pool()
                 self._pool.open()
             return self._pool
@@ -193,6 +195,7 @@ class Database:
             max_lifetime=s.db_pool_max_lifetime,
             idle_timeout=s.db_pool_idle_timeout,
             ping_after=s.db_pool_ping_after,
+            keepalive=s.db_pool_keepalive_seconds,
             leak_threshold=s.db_pool_leak_threshold,
             owner=_request_owner,
             on_tick=self._tick,
@@ -203,12 +206,18 @@ class Database:
             **TCP_SETTINGS,
         )
 
+    def probe_targets(self) -> dict[str, str]:
+        """Return the databases the host's probe asks whether they answer, by target name: URL."""
+        return {metrics.PRIMARY: self.settings.database_url}
+
     def _tick(self, stats: dict[str, Any]) -> None:
         # The pool's maintenance thread, about once a second.
         if self._publish is not None:
             self._publish(stats)
         if self._pooler is not None:
             self._pooler.tick()
+        if self._probe is not None:
+            self._probe.tick()
 
     def stats(self) -> dict[str, Any]:
         """Return this process's pool stats (published to the metrics too), without opening a pool."""
@@ -227,11 +236,14 @@ class Database:
         with self._lock:
             pool, self._pool = self._pool, None
             pooler, self._pooler = self._pooler, None
+            prober, self._probe = self._probe, None
             self._closed_in_pid = os.getpid()
         if pool is not None:
             pool.close()
         if pooler is not None:
             pooler.close()
+        if prober is not None:
+            prober.close()
 
 
 def init_app(app: Flask, settings: Settings) -> None:
