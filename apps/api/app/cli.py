@@ -14,7 +14,7 @@ from flask.cli import AppGroup
 from pydantic import TypeAdapter
 from pydantic import ValidationError as PydanticValidationError
 
-from . import jobs, migrate, seed
+from . import jobs, metrics, migrate, seed
 from .auth import hash_password
 from .errors import APIError
 from .jobs import runner
@@ -177,6 +177,12 @@ def run_jobs_command(only: tuple[str, ...]) -> None:
     back, and retried at once by another scheduler).
     """
     scheduler = runner.Scheduler(current_app._get_current_object(), _selected(only))
+    if metrics.multiprocess_dir():
+        logging.getLogger(__name__).warning(
+            "%s is set: this scheduler's pool would count among the web workers' figures of the host;"
+            " run the scheduler without it (its job figures come from the database)",
+            metrics.MULTIPROCESS_DIR_VAR,
+        )
 
     def stop(signum: int, _frame: object) -> None:
         running = scheduler.running
