@@ -45,11 +45,14 @@ def notice_sql(kind: str, source: str, condition: str = "TRUE") -> str:
     """
     if kind not in KINDS:
         raise ValueError(f"unknown message kind {kind!r}")
+    dedupe = _DEDUPE.get(kind)
+    # Only a keyed message may conflict; ON CONFLICT costs a speculative insertion otherwise.
+    on_conflict = " ON CONFLICT (dedupe_key) WHERE dedupe_key IS NOT NULL DO NOTHING" if dedupe else ""
     return (
         "INSERT INTO outbox (kind, rental_id, recipient, payload, dedupe_key)"
-        f" SELECT '{kind}', r.id, c.email, {_PAYLOAD}, {_DEDUPE.get(kind, 'NULL')}"
+        f" SELECT '{kind}', r.id, c.email, {_PAYLOAD}, {dedupe or 'NULL'}"
         f" FROM {source} r JOIN customers c ON c.id = r.customer_id JOIN products p ON p.id = r.product_id"
-        f" WHERE ({condition}) AND c.email IS NOT NULL ON CONFLICT (dedupe_key) WHERE dedupe_key IS NOT NULL DO NOTHING"
+        f" WHERE ({condition}) AND c.email IS NOT NULL{on_conflict}"
     )
 
 
