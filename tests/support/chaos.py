@@ -50,6 +50,7 @@ SCENARIOS = (
     "graceful_shutdown_granian",
     "granian_recycle",
     "leak",
+    "replica_outage",
 )
 FIGURES: dict[str, Any] = {}
 
