@@ -165,6 +165,26 @@ class Bench:
             self.stack.callback(procs.stop_process, running.process)
             self.running[name] = running
 
+    def start_scheduler(self) -> None:
+        """Run the API's scheduler for refresh_dashboard beside the apps, as `make run` does; stopped on exit.
+
+        The dashboard's figures are computed by that job into a snapshot that every worker
+        reads (models/dashboard.py): without it, requests would recompute a late snapshot
+        themselves, at another rate than in production. The baseline, at a revision without
+        jobs, keeps its own per-worker cache. Only when the run measures the dashboard.
+        """
+        assert self.data is not None
+        if "dashboard" not in self.settings.scenarios or "run" not in self.data.domain.cli.get("jobs", {}):
+            return
+        log = (self.logs_dir / "scheduler.log").open("w")
+        self.stack.callback(log.close)
+        process = procs.start(
+            [*dataset.FLASK, "jobs", "run", "--only", "refresh_dashboard"], env=self.base_env, cwd=ROOT, log=log
+        )
+        self.stack.callback(procs.stop_process, process)
+        self.results["meta"]["scheduler"] = "flask --app apps.api.wsgi jobs run --only refresh_dashboard"
+        logger.info("scheduler for refresh_dashboard started (pid %s)", process.pid)
+
     def authenticate(self) -> None:
         """Log in as the admin the dataset created, or fall back to HEALTH_API_TOKEN."""
         assert self.data is not None

@@ -82,6 +82,7 @@ def run(settings: BenchSettings, started: float) -> Bench:
         else:
             names = [name for name in names if name not in PGBOUNCER_APPS]
         bench.start_apps(bench.with_baseline(names))
+        bench.start_scheduler()
         bench.authenticate()
         bench.decide_scenarios()
         for name, why in bench.availability.items():

@@ -1,7 +1,8 @@
 """make cluster: a production-shaped deployment on one machine, from one command.
 
     HAProxy 127.0.0.1:PORT (8000)
-      -> two API hosts: two gunicorn masters on 127.0.0.1 (CLUSTER_API_PORTS, free ports by default)
+      -> two API hosts: two gunicorn masters on 127.0.0.1 (CLUSTER_API_PORTS, free ports by default),
+         each with a jobs scheduler beside it (`flask jobs run`, the host's settings)
         -> PgBouncer, transaction mode, 127.0.0.1:DEV_PGBOUNCER_PORT (64329)
           -> the embedded PostgreSQL of make run, 127.0.0.1:DEV_DB_PORT (54329), data in .devdb/
         -> reads that may be a moment stale: a streaming replica of it,
@@ -23,7 +24,7 @@ HAProxy come from Debian's packages
 write their generated configuration and their logs into .cluster/ (CLUSTER_DIR).
 
 Ctrl-C, or a SIGINT or SIGTERM sent to this process alone, stops HAProxy, then both API
-hosts, then PgBouncer, then the replica, then PostgreSQL (devtools/launch.py).
+hosts and their schedulers, then PgBouncer, then the replica, then PostgreSQL (devtools/launch.py).
 """
 
 from __future__ import annotations
@@ -39,6 +40,7 @@ from devtools.haproxy import HAProxy, ensure_haproxy
 from devtools.launch import (
     GUNICORN_COMMAND,
     ROOT,
+    SCHEDULER_COMMAND,
     DevDatabase,
     Supervisor,
     banner,
@@ -123,7 +125,10 @@ def main() -> int:
                 host_environment(bouncer.dsn(target.dbname, target.role), port, bouncer, replica_url) for port in ports
             ]
             names = [f"api host {number} (127.0.0.1:{port})" for number, port in enumerate(ports, start=1)]
-            hosts = supervisor.start(names, [GUNICORN_COMMAND] * API_HOSTS, envs=envs)
+            # Each host runs its scheduler, with the host's settings (through PgBouncer): each slot still runs once.
+            names += [f"scheduler of {name}" for name in names]
+            commands = [GUNICORN_COMMAND] * API_HOSTS + [SCHEDULER_COMMAND] * API_HOSTS
+            hosts = supervisor.start(names, commands, envs=envs + envs)
             for port in ports:
                 wait_until_serving(served_address("127.0.0.1", port), hosts)
             settings = load_settings(environ={**os.environ, "APP_ENV": "dev"})
@@ -139,6 +144,7 @@ def main() -> int:
                 + f" -> PostgreSQL {database.server.host}:{database.port}",
                 f"  read replica (hot standby, slot {replica.slot}) {replica.host}:{replica.port}, stale reads only",
                 f"  PgBouncer's console: psql '{bouncer.admin_dsn()}' -c 'SHOW POOLS'",
+                f"  jobs: one scheduler per API host (pids {', '.join(str(p.pid) for p in hosts[API_HOSTS:])})",
                 f"  logs: {bouncer.log_file}, {balancer.log_file}",
             ]
             title = f"Rentals API cluster on {base}  (Ctrl-C stops everything)"

@@ -33,8 +33,11 @@ from devtools.embedded_pg import EmbeddedPostgres
 ROOT = Path(__file__).resolve().parent.parent
 # The production command (README), run from ROOT by this virtualenv's Python.
 GUNICORN_COMMAND = [sys.executable, "-m", "gunicorn", "-c", "gunicorn.conf.py", "apps.api.wsgi:app"]
+# The jobs' scheduler (README, Scheduled jobs): one per API host, beside gunicorn.
+SCHEDULER_COMMAND = [sys.executable, "-m", "flask", "--app", "apps.api.wsgi", "jobs", "run"]
 # gunicorn's graceful_timeout (30 s) plus a margin: past it, its process group is killed.
-# granian's --workers-kill-timeout is the same 30 s.
+# granian's --workers-kill-timeout is the same 30 s. A scheduler's run still going then is
+# taken over by another scheduler after its timeout.
 GUNICORN_STOP_GRACE = 40
 # `SERVER=granian make run` serves the app with granian (README, Deployment); gunicorn by default.
 SERVERS = ("gunicorn", "granian")

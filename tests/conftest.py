@@ -41,6 +41,7 @@ from tests.helpers import (
 )
 from tests.support.gunicorn import SERVERS, AppServer
 from tests.support.replicas import ReplicaPair, replica_pair
+from tests.support.smtp import SmtpServer
 
 
 @pytest.fixture(autouse=True)
@@ -428,3 +429,14 @@ def make_rental(admin_conn):
         return insert_row(admin_conn, "rentals", **values)
 
     return make
+
+
+@pytest.fixture
+def smtp_server() -> Iterator[SmtpServer]:
+    """A real SMTP server (aiosmtpd) on a free port, stopped after the test."""
+    server = SmtpServer()
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()

@@ -6,11 +6,14 @@ import collections
 import datetime
 import time
 
+import psycopg2
 import pytest
 
 from apps.api.app import seed
 from apps.api.app.models import dashboard
-from tests.helpers import bearer
+from tests.helpers import bearer, wait_until
+from tests.support.gunicorn import start_gunicorn, stop_gunicorn
+from tests.support.load import Burst
 
 pytestmark = pytest.mark.both_routes
 
@@ -74,11 +77,19 @@ def reference(conn) -> dict:
 
 
 def without_generated_at(body: dict) -> dict:
-    """Return the reply less generated_at (checked to be a recent time)."""
+    """Return the reply less generated_at and age_seconds (checked to be a recent time and its age)."""
     body = dict(body)
     generated = datetime.datetime.fromisoformat(body.pop("generated_at"))
+    age = body.pop("age_seconds")
     assert abs((datetime.datetime.now(datetime.UTC) - generated).total_seconds()) < 60
+    assert 0 <= age < 60
     return body
+
+
+def refresh(app) -> None:
+    """Recompute the snapshot now, as the refresh_dashboard job does."""
+    with app.app_context():
+        assert dashboard.refresh_snapshot()["refreshed"]
 
 
 @pytest.fixture
@@ -115,6 +126,7 @@ def test_dashboard_follows_new_activity(client, staff_headers, make_customer, ma
     }
     rental = client.post("/api/rentals", json=body, headers=staff_headers).json
     client.post(f"/api/rentals/{rental['id']}/activate", headers=staff_headers)
+    refresh(client.application)
     r = client.get("/api/dashboard", headers=staff_headers)
     assert without_generated_at(r.json) == reference(admin_conn)
     assert r.json["active_rentals"] == 1
@@ -132,8 +144,9 @@ def test_dashboard_of_an_empty_database(client, staff_headers):
     assert r.json["revenue_cents"] == {"current_month": 0, "last_30_days": 0}
 
 
-def test_dashboard_is_one_database_round_trip(client, staff_headers, monkeypatch):
+def test_a_reply_reads_the_snapshot_in_one_lookup_and_a_worker_reuses_it(client, staff_headers, monkeypatch):
     client.get("/api/auth/me", headers=staff_headers)  # the token's user is now cached
+    refresh(client.application)
     calls = []
     real = dashboard.execute_query_one
 
@@ -143,29 +156,76 @@ def test_dashboard_is_one_database_round_trip(client, staff_headers, monkeypatch
 
     monkeypatch.setattr(dashboard, "execute_query_one", counted)
     assert client.get("/api/dashboard", headers=staff_headers).status_code == 200
-    assert len(calls) == 1
+    assert len(calls) == 1 and "FROM dashboard_snapshot WHERE id = 1" in calls[0]
+    assert client.get("/api/dashboard", headers=staff_headers).status_code == 200
+    assert len(calls) == 1, "a second reply within REREAD_SECONDS read the snapshot again"
 
 
-def test_dashboard_is_reused_for_dashboard_cache_seconds(make_app, make_user, make_customer):
-    app = make_app(DASHBOARD_CACHE_SECONDS=0.5)
+def test_the_snapshot_changes_when_the_job_refreshes_it_and_replies_say_how_old(
+    make_app, make_user, make_customer, monkeypatch
+):
+    monkeypatch.setattr(dashboard, "REREAD_SECONDS", 0.0)
+    app = make_app()
     client = app.test_client()
     headers = bearer(app, make_user(role="staff"))
-    first = client.get("/api/dashboard", headers=headers).json
+    first = client.get("/api/dashboard", headers=headers).json  # the first computes the snapshot
     make_customer()
+    time.sleep(0.2)
     again = client.get("/api/dashboard", headers=headers).json
-    assert again == first, "a second look within DASHBOARD_CACHE_SECONDS recomputed the figures"
-    time.sleep(0.6)
+    assert again["generated_at"] == first["generated_at"], "a request recomputed a fresh snapshot"
+    assert again["new_customers_last_30_days"] == first["new_customers_last_30_days"]
+    assert again["age_seconds"] >= first["age_seconds"] + 0.2
+    refresh(app)
     later = client.get("/api/dashboard", headers=headers).json
     assert later["new_customers_last_30_days"] == first["new_customers_last_30_days"] + 1
-    assert later["generated_at"] > first["generated_at"]
+    assert later["generated_at"] > first["generated_at"] and later["age_seconds"] < again["age_seconds"]
 
 
-def test_dashboard_cache_can_be_switched_off(make_app, make_user, make_customer):
-    app = make_app(DASHBOARD_CACHE_SECONDS=0)
+def test_a_request_refreshes_a_snapshot_the_job_left_late(make_app, make_user, make_customer, admin_conn, monkeypatch):
+    monkeypatch.setattr(dashboard, "REREAD_SECONDS", 0.0)
+    app = make_app(DASHBOARD_REFRESH_SECONDS=0.1)
     client = app.test_client()
     headers = bearer(app, make_user(role="staff"))
     first = client.get("/api/dashboard", headers=headers).json
     make_customer()
-    assert client.get("/api/dashboard", headers=headers).json["new_customers_last_30_days"] == (
-        first["new_customers_last_30_days"] + 1
-    )
+    time.sleep(0.25)  # past LATE_PERIODS x DASHBOARD_REFRESH_SECONDS
+    later = client.get("/api/dashboard", headers=headers).json
+    assert later["new_customers_last_30_days"] == first["new_customers_last_30_days"] + 1
+    assert rows(admin_conn, "SELECT refreshes FROM dashboard_snapshot")[0]["refreshes"] == 2
+
+
+@pytest.mark.slow
+def test_concurrent_first_requests_on_two_hosts_compute_the_snapshot_once(
+    app, database_url, direct_database_url, route_settings, staff_headers, seeded, admin_conn
+):
+    hosts, bursts = [], []
+    # While this transaction holds the customers table, a computation cannot finish, so
+    # every first request is in flight at once, whatever the machine's speed.
+    blocker = psycopg2.connect(direct_database_url)
+    try:
+        for _ in range(2):  # two hosts of two workers each, on one database
+            hosts.append(start_gunicorn(database_url, WEB_CONCURRENCY=2, GUNICORN_THREADS=4, **route_settings))
+        with blocker.cursor() as cur:
+            cur.execute("LOCK TABLE customers IN ACCESS EXCLUSIVE MODE")
+        request = ("GET", "/api/dashboard", staff_headers, None, "read")
+        bursts = [Burst(port, [request] * 8) for _, port in hosts]
+        # Four backends or more waiting: requests of every worker of both hosts have arrived.
+        wait_until(lambda: waiting_backends(admin_conn) >= 4, timeout=4)
+        time.sleep(0.3)
+        blocker.rollback()
+        replies = [reply for burst in bursts for reply in burst.result()]
+    finally:
+        blocker.close()
+        logs = [stop_gunicorn(process) for process, _ in hosts]
+    assert all(reply.status == 200 for reply in replies), [reply.body for reply in replies]
+    assert len({reply.body["generated_at"] for reply in replies}) == 1, "the replies came from different computations"
+    assert rows(admin_conn, "SELECT refreshes FROM dashboard_snapshot")[0]["refreshes"] == 1
+    assert sum(log.count("dashboard snapshot computed") for log in logs) == 1
+
+
+def waiting_backends(conn) -> int:
+    """Return how many of the app's backends wait for a lock."""
+    return rows(
+        conn,
+        "SELECT count(*) AS n FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND datname = current_database()",
+    )[0]["n"]

@@ -125,7 +125,8 @@ def reset_rows(conn) -> None:
     """Empty the domain tables and the login counters, then insert the same few rows with ids 1 to 3."""
     today = datetime.date.today()
     with conn.cursor() as cur:
-        cur.execute("TRUNCATE rentals, customers, products, rate_limits RESTART IDENTITY")
+        # What references rentals goes with them: the outbox and the overdue reminders.
+        cur.execute("TRUNCATE outbox, overdue_reminders, rentals, customers, products, rate_limits RESTART IDENTITY")
         for n in (1, 2, 3):
             insert_row(conn, "customers", full_name=f"Customer {n}", email=f"customer{n}@example.com")
             insert_row(conn, "products", sku=f"SKU-{n}", name=f"Product {n}", category="tools", daily_rate_cents=1500)

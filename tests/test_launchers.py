@@ -56,6 +56,18 @@ def log_in(launcher: Launcher) -> str:
     return body["token"]
 
 
+def schedulers_of(launcher: Launcher) -> list[psutil.Process]:
+    """Return the launcher's `flask ... jobs run` processes."""
+    return [p for p in launcher.descendants().values() if "jobs run" in " ".join(p.cmdline())]
+
+
+def jobs_ran(port: int) -> dict[str, int]:
+    """Return, by job, how many runs succeeded so far (GET /api/health/jobs)."""
+    status, body = request(port, "GET", "/api/health/jobs", token=DEV_HEALTH_TOKEN)
+    assert status == 200, body
+    return {job["name"]: job["runs"]["succeeded"] for job in body["jobs"]}
+
+
 def stop_and_check_everything_gone(launcher: Launcher, signum: int, ports: list[int]) -> None:
     """Send `signum` to the launcher's pid alone; check it exits 0 and leaves no process and no open port."""
     started = [*launcher.descendants().values(), launcher.postmaster()]
@@ -80,6 +92,9 @@ def test_make_run_serves_and_a_signal_to_the_launcher_alone_stops_everything(dev
         assert request(launcher.port, "GET", "/api/customers?limit=1", token=token)[0] == 200
         served_by = [p for p in launcher.descendants().values() if f"-m {server} " in " ".join(p.cmdline())]
         assert len(served_by) == 2  # the main process and its worker
+        assert len(schedulers_of(launcher)) == 1
+        # The scheduler runs the jobs: refresh_dashboard's first slot begins at once.
+        assert wait_until(lambda: jobs_ran(launcher.port)["refresh_dashboard"] >= 1, timeout=30, interval=0.5)
         stop_and_check_everything_gone(launcher, signum, [launcher.port, int(launcher.env["DEV_DB_PORT"])])
     assert "database stopped" in launcher.output()
 
@@ -128,8 +143,10 @@ def test_make_cluster_balances_two_hosts_through_pgbouncer_and_sigterm_stops_eve
         children = [process for process in launcher.descendants().values() if process.ppid() == launcher.process.pid]
         masters = {process.pid for process in children if "gunicorn" in " ".join(process.cmdline())}
         assert len(masters) == 2
+        schedulers = {process.pid for process in schedulers_of(launcher)}
+        assert len(schedulers) == 2  # one per API host
         if os.geteuid() == 0:
-            others = [process for process in children if process.pid not in masters]
+            others = [process for process in children if process.pid not in masters | schedulers]
             assert sorted(process.name() for process in others) == ["haproxy", "pgbouncer"]
             assert {process.username() for process in others} == {service_user()}
 
@@ -174,6 +191,9 @@ def test_make_cluster_balances_two_hosts_through_pgbouncer_and_sigterm_stops_eve
             conn.close()
         (pool,) = [pool for pool in pools if pool["database"] == "rentals"]
         assert pool["pool_mode"] == "transaction" and pool["cl_active"] >= 2, pools
+
+        # Both hosts' schedulers run the jobs through PgBouncer.
+        assert wait_until(lambda: jobs_ran(launcher.port)["refresh_dashboard"] >= 1, timeout=30, interval=0.5)
 
         ports = [launcher.port, int(launcher.env["DEV_DB_PORT"]), bouncer_port, replica_port, *api_ports]
         stop_and_check_everything_gone(launcher, signal.SIGTERM, ports)

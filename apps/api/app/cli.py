@@ -1,18 +1,23 @@
-"""Command-line tools: flask --app apps.api.wsgi db upgrade | db status | db seed | db demo | users create."""
+"""Command-line tools: flask --app apps.api.wsgi db upgrade | db status | db seed | db demo | users create
+| jobs run | jobs run-once NAME | jobs list."""
 
 from __future__ import annotations
 
+import json
+import logging
 import os
+import signal
 
 import click
-from flask import Flask
+from flask import Flask, current_app
 from flask.cli import AppGroup
 from pydantic import TypeAdapter
 from pydantic import ValidationError as PydanticValidationError
 
-from . import migrate, seed
+from . import jobs, metrics, migrate, seed
 from .auth import hash_password
 from .errors import APIError
+from .jobs import runner
 from .models import database, users
 from .schemas import Email
 
@@ -153,7 +158,81 @@ def activate_user_command(email: str) -> None:
     _set_active(email, True)
 
 
+jobs_cli = AppGroup("jobs", help="Scheduled jobs: run the scheduler, run one job now, list them.")
+
+
+def _selected(names: tuple[str, ...]) -> list[jobs.Job]:
+    unknown = sorted(set(names) - set(jobs.JOBS))
+    if unknown:
+        raise click.ClickException(f"no job named {', '.join(unknown)}; known: {', '.join(sorted(jobs.JOBS))}")
+    return [jobs.JOBS[name] for name in names] if names else list(jobs.JOBS.values())
+
+
+@jobs_cli.command("run")
+@click.option("--only", multiple=True, metavar="NAME", help="Run only this job (repeatable); default: every job.")
+def run_jobs_command(only: tuple[str, ...]) -> None:
+    """Run the scheduler until SIGTERM or SIGINT: each due slot of each job, once across all schedulers.
+
+    The first signal stops it after the run in progress; a second abandons that run (rolled
+    back, and retried at once by another scheduler).
+    """
+    scheduler = runner.Scheduler(current_app._get_current_object(), _selected(only))
+    if metrics.multiprocess_dir():
+        logging.getLogger(__name__).warning(
+            "%s is set: this scheduler's pool would count among the web workers' figures of the host;"
+            " run the scheduler without it (its job figures come from the database)",
+            metrics.MULTIPROCESS_DIR_VAR,
+        )
+
+    def stop(signum: int, _frame: object) -> None:
+        running = scheduler.running
+        if scheduler.stopping.is_set() and running is not None:
+            raise runner.Abandoned(f"signal {signum}")
+        scheduler.stopping.set()
+        if running is not None:
+            logging.getLogger(__name__).info(
+                "stopping after the run of %s in progress (at most %g s); signal again to abandon it",
+                running.name,
+                running.timeout,
+            )
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    try:
+        scheduler.run()
+    except runner.Abandoned:
+        raise SystemExit(1) from None
+
+
+@jobs_cli.command("run-once")
+@click.argument("name")
+@click.option(
+    "--now", "manual", is_flag=True, help="Run in a slot of its own at this moment, even if the current slot ran."
+)
+def run_once_command(name: str, manual: bool) -> None:
+    """Claim the job's current slot and run it here (exit 1 if it fails); say so if another run had it."""
+    job = _selected((name,))[0]
+    outcome = runner.run_due(job, runner.runner_id(), manual=manual)
+    if outcome is None:
+        click.echo(f"{name}: the current slot ran already, is running, or waits for its retry; --now runs it anyway")
+        return
+    if outcome.outcome != "succeeded":
+        raise click.ClickException(f"{name} failed: {outcome.error}")
+    click.echo(f"{name}: {json.dumps(outcome.summary, sort_keys=True)}")
+
+
+@jobs_cli.command("list")
+def list_jobs_command() -> None:
+    """List the declared jobs with their schedule and timeout."""
+    settings = current_app.config["SETTINGS"]
+    for job in jobs.JOBS.values():
+        offset = f" + {job.offset:g} s" if job.offset else ""
+        named = f" ({job.every})" if isinstance(job.every, str) else ""
+        click.echo(f"{job.name}: every {job.period(settings):g} s{named}{offset}, timeout {job.timeout:g} s")
+
+
 def register(app: Flask) -> None:
     """Add the command groups to the app's CLI."""
     app.cli.add_command(db_cli)
     app.cli.add_command(users_cli)
+    app.cli.add_command(jobs_cli)

@@ -334,6 +334,39 @@ class AdminConsoleURL(Rule):
         return f"`{value}`" if value else "empty"
 
 
+SMTP_SCHEMES = ("smtp", "smtps")
+
+
+@dataclass(frozen=True)
+class SmtpURL(Rule):
+    """An optional mail server URL: smtp://[user:password@]host[:port] (STARTTLS) or smtps:// (TLS from the start)."""
+
+    def parse(self, name: str, raw: Any) -> str:
+        """Return the URL, or "" when unset; raise ValueError naming `name` when it is not an SMTP URL."""
+        value = _text(raw).strip()
+        if not value:
+            return ""
+        parts = urlsplit(value)
+        try:
+            parts.port  # noqa: B018 (raises on a bad port)
+        except ValueError:
+            parts = None
+        if parts is None or parts.scheme not in SMTP_SCHEMES or not parts.hostname:
+            raise ValueError(
+                f"{name} must be a URL like smtp://user:password@mail.example.com:587 (STARTTLS) or smtps://..."
+                f":465 (TLS), got {redact_url(value)!r}."
+            )
+        return value
+
+    def describe(self) -> str:
+        """Return what is allowed."""
+        return "empty, or `smtp://[user:password@]host[:port]` (STARTTLS) \\| `smtps://...` (TLS)"
+
+    def show(self, value: Any) -> str:
+        """Return the URL as code, or empty."""
+        return f"`{value}`" if value else "empty"
+
+
 @dataclass(frozen=True)
 class Secret(Rule):
     """A required secret; strict environments refuse development defaults and short ones (see Settings)."""
@@ -390,6 +423,8 @@ CONNECTION = "Every connection"
 SERVER = "gunicorn"
 HTTP = "HTTP"
 SECURITY = "Security"
+JOBS = "Scheduled jobs (`flask --app apps.api.wsgi jobs run`, one scheduler per host)"
+NOTIFICATIONS = "Notifications (the outbox and its delivery by SMTP)"
 REPLICAS = "Read replicas (a smaller pool per replica in each worker)"
 
 
@@ -639,11 +674,15 @@ class Settings(BaseSettings):
     ] = 0
     max_content_length: Annotated[int, Whole(1, unit="bytes"), Doc(HTTP, "larger request bodies get 413")] = 1024 * 1024
     token_ttl_seconds: Annotated[int, Whole(60, unit="s"), Doc(HTTP, "login token lifetime")] = 3600
-    dashboard_cache_seconds: Annotated[
+    dashboard_refresh_seconds: Annotated[
         float,
-        Seconds(positive=False),
-        Doc(HTTP, "a worker reuses its last dashboard this long (`generated_at` tells); 0 disables"),
-    ] = 5
+        Seconds(),
+        Doc(
+            HTTP,
+            "the refresh_dashboard job recomputes the dashboard's snapshot this often, once for all workers and"
+            " hosts; replies say how old it is (`generated_at`, `age_seconds`)",
+        ),
+    ] = 10
     idempotency_ttl_seconds: Annotated[
         int,
         Whole(60, unit="s"),
@@ -658,6 +697,45 @@ class Settings(BaseSettings):
         int, Whole(1), Doc(SECURITY, "failed logins from one client address per window, whatever the account")
     ] = 50
     login_failure_window_seconds: Annotated[int, Whole(1, unit="s"), Doc(SECURITY, "the login limits' window")] = 900
+    smtp_url: Annotated[
+        str,
+        SmtpURL(),
+        Doc(
+            NOTIFICATIONS,
+            "the mail server the deliver_outbox job sends through; smtp:// upgrades with STARTTLS, smtps:// is TLS"
+            " from the start; unset, messages are only logged and marked delivered",
+            "smtps://rentals:password@mail.example.com:465",
+            "empty: log only",
+        ),
+    ] = ""
+    smtp_from: Annotated[
+        str,
+        Text(),
+        Doc(
+            NOTIFICATIONS, "the From of every message; its domain ends each Message-ID", "Rentals <rentals@example.com>"
+        ),
+    ] = "Rentals <rentals@localhost>"
+    smtp_timeout_seconds: Annotated[
+        float, Seconds(), Doc(NOTIFICATIONS, "one SMTP connection or command waits this long, then the attempt fails")
+    ] = 10
+    outbox_max_attempts: Annotated[
+        int,
+        Whole(1),
+        Doc(NOTIFICATIONS, "attempts to send a message; after the last one fails it is parked (`/api/health/jobs`)"),
+    ] = 10
+    outbox_retry_seconds: Annotated[
+        float,
+        Seconds(),
+        Doc(NOTIFICATIONS, "wait before the first retry of a message; doubles with each attempt, at most an hour"),
+    ] = 30
+    outbox_lease_seconds: Annotated[
+        float,
+        Seconds(),
+        Doc(
+            NOTIFICATIONS,
+            "a claimed message is another host's to send after this long; at least 3 x SMTP_TIMEOUT_SECONDS",
+        ),
+    ] = 120
     trusted_proxies: Annotated[
         int,
         Whole(0),
@@ -682,6 +760,19 @@ class Settings(BaseSettings):
         Whole(0, unit="s"),
         Doc(SECURITY, "`Strict-Transport-Security` max-age; set once HTTPS is the only way in", "31536000", "0: off"),
     ] = 0
+    jobs_poll_seconds: Annotated[
+        float,
+        Seconds(),
+        Doc(JOBS, "how often a scheduler looks for a due slot, a failed run to retry or an expired lease"),
+    ] = 1.0
+    jobs_history_days: Annotated[
+        int, Whole(1, unit="days"), Doc(JOBS, "runs older than this are deleted (each job's totals stay)")
+    ] = 7
+    reservation_grace_days: Annotated[
+        int,
+        Whole(0, unit="days"),
+        Doc(JOBS, "a reserved rental not activated this many days after its start date is cancelled"),
+    ] = 1
 
     @field_validator("log_format", mode="before")
     @classmethod
@@ -725,6 +816,12 @@ class Settings(BaseSettings):
             problems.append(
                 f"PGBOUNCER_ADMIN_URL is set but DB_POOLER is {self.db_pooler}; set DB_POOLER=pgbouncer when the app"
                 " reaches PostgreSQL through PgBouncer, or leave PGBOUNCER_ADMIN_URL empty."
+            )
+        if self.outbox_lease_seconds < 3 * self.smtp_timeout_seconds:
+            problems.append(
+                f"OUTBOX_LEASE_SECONDS ({self.outbox_lease_seconds:g}) must be at least 3 x SMTP_TIMEOUT_SECONDS"
+                f" ({self.smtp_timeout_seconds:g}), or a slow send outlives its claim and another host sends the"
+                " message too; raise the first or lower the second."
             )
         if self.cors_allow_credentials and "*" in self.cors_origins:
             problems.append(

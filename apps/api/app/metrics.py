@@ -25,7 +25,7 @@ import threading
 import time
 from bisect import bisect_left
 from collections import defaultdict
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 import psutil
@@ -39,6 +39,8 @@ from prometheus_client import (
     generate_latest,
     multiprocess,
 )
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
 
 from . import pgbouncer, probe
 from .compat.prometheus_client import SizedFilesCollector, add_observations, bucket_bounds, use_process_identifier
@@ -188,6 +190,24 @@ DATABASE_PROBE_SECONDS = Gauge(
 )
 
 # Pool stats key -> counter; each is published as the increase since the last publish.
+# The outbox's backlog (models/outbox.py), read from the database by whichever worker
+# answers a scrape; NaN when it could not be read.
+OUTBOX_PENDING = Gauge(
+    "rentals_outbox_pending",
+    "Outbox messages not yet delivered and not parked: waiting for their first attempt, a retry, or being sent.",
+    multiprocess_mode="livemostrecent",
+)
+OUTBOX_PARKED = Gauge(
+    "rentals_outbox_parked",
+    "Outbox messages parked after OUTBOX_MAX_ATTEMPTS failed attempts (or a permanent refusal); people must look.",
+    multiprocess_mode="livemostrecent",
+)
+OUTBOX_OLDEST_PENDING = Gauge(
+    "rentals_outbox_oldest_pending_seconds",
+    "Age of the oldest pending outbox message (0 when none).",
+    multiprocess_mode="livemostrecent",
+)
+
 POOL_COUNTERS = {
     ACQUISITIONS: Counter("rentals_db_pool_acquisitions", "Connections handed out by the pools.", ["target"]),
     TIMEOUTS: Counter(
@@ -371,10 +391,59 @@ def _registry() -> CollectorRegistry:
     return registry
 
 
-def exposition() -> tuple[bytes, str]:
-    """Return the text exposition of every worker's metrics and its content type."""
+def exposition(*extra: Collector) -> tuple[bytes, str]:
+    """Return the text exposition of every worker's metrics, then of `extra` collectors, and its content type."""
     flush_all()
-    return generate_latest(_registry()), CONTENT_TYPE_LATEST
+    body = generate_latest(_registry())
+    if extra:
+        registry = CollectorRegistry(auto_describe=False)
+        for collector in extra:
+            registry.register(collector)
+        body += generate_latest(registry)
+    return body, CONTENT_TYPE_LATEST
+
+
+class JobFigures(Collector):
+    """The jobs' figures as one scrape read them from the database (jobs/status.py): the cluster's,
+    the same from every host, so rules aggregate them with max, never sum."""
+
+    def __init__(self, figures: list[dict[str, Any]]) -> None:
+        self._figures = figures
+
+    def collect(self) -> Iterator[Metric]:
+        """Yield the families: runs by outcome, last success, missed slots, period, lag."""
+        runs = CounterMetricFamily(
+            "rentals_job_runs",
+            "Runs of each job by outcome: succeeded, failed, expired (its scheduler died or overran its timeout,"
+            " and another took it over), abandoned (its scheduler was stopped); all hosts.",
+            labels=["job", "outcome"],
+        )
+        last_success = GaugeMetricFamily(
+            "rentals_job_last_success_timestamp_seconds",
+            "When each job's last successful run ended (Unix time); absent for a job that never succeeded.",
+            labels=["job"],
+        )
+        missed = GaugeMetricFamily(
+            "rentals_job_missed_slots",
+            "Whole slots of each job passed since its last success (0 for a job that never ran).",
+            labels=["job"],
+        )
+        period = GaugeMetricFamily("rentals_job_period_seconds", "Each job's period.", labels=["job"])
+        lag = GaugeMetricFamily(
+            "rentals_job_lag_seconds",
+            "How long ago each job's earliest slot not yet succeeded started (0 while it is in the future).",
+            labels=["job"],
+        )
+        for job in self._figures:
+            name = job["name"]
+            for outcome, count in job["runs"].items():
+                runs.add_metric([name, outcome], count)
+            if job["last_success_at"] is not None:
+                last_success.add_metric([name], job["last_success_at"].timestamp())
+            missed.add_metric([name], job["missed_slots"])
+            period.add_metric([name], job["every_seconds"])
+            lag.add_metric([name], job["lag_seconds"])
+        yield from (runs, last_success, missed, period, lag)
 
 
 class PoolPublisher:
@@ -403,6 +472,14 @@ class PoolPublisher:
                 if increase > 0:
                     counter.labels(target).inc(increase)
                     self._published[key] = stats[key]
+
+
+def publish_outbox(backlog: dict[str, Any] | None) -> None:
+    """Set the outbox gauges from models.outbox.backlog(); None: it could not be read (NaN)."""
+    figures = backlog or {}
+    OUTBOX_PENDING.set(figures.get("pending", math.nan))
+    OUTBOX_PARKED.set(figures.get("parked", math.nan))
+    OUTBOX_OLDEST_PENDING.set(figures.get("oldest_pending_seconds", math.nan))
 
 
 # A replica as one worker last saw it; `livemin`/`livemax`: the worst view among the host's

@@ -67,6 +67,11 @@ FROM rate_limits WHERE key = %(key)s AND NOT EXISTS (SELECT 1 FROM taken)
 # Only the window the slot was taken in: a slot of a window that has ended is gone already.
 _RELEASE = "UPDATE rate_limits SET hits = hits - 1 WHERE key = %(key)s AND expires_at = %(expires_at)s AND hits > 0"
 _CLEANUP = "DELETE FROM rate_limits WHERE expires_at < now()"
+# The purge_rate_limits job's step: at most a batch of expired windows per statement.
+_PURGE = (
+    "DELETE FROM rate_limits WHERE key IN"
+    " (SELECT key FROM rate_limits WHERE expires_at < now() LIMIT %(batch)s FOR UPDATE SKIP LOCKED)"
+)
 
 
 @dataclass(frozen=True)
@@ -161,3 +166,8 @@ def login_attempt(email: str) -> Iterator[None]:
         _release(slots)
         raise
     _release(slots)
+
+
+def purge_expired(batch: int) -> int:
+    """Delete up to `batch` expired windows in one statement; return how many went."""
+    return execute_write(_PURGE, {"batch": batch})

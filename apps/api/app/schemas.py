@@ -106,6 +106,7 @@ Category = Annotated[StrictStr, StringConstraints(strip_whitespace=True, min_len
 RateCents = Annotated[StrictInt, Field(gt=0, le=100_000_000, description="daily rate in cents")]
 DepositCents = Annotated[StrictInt, Field(ge=0, le=1_000_000_000, description="deposit in cents")]
 Status = Literal["reserved", "active", "returned", "cancelled"]
+CancelReason = Literal["by_staff", "not_picked_up"]
 Search = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=100), *NoNul]
 Limit = Annotated[int, Field(ge=1, le=100, description="items per page, at most 100"), BeforeValidator(_ascii_digits)]
 Cursor = Annotated[str, Field(max_length=500, description="next_cursor of the previous page")]
@@ -263,6 +264,9 @@ class RentalOut(BaseModel):
     created_at: datetime.datetime
     updated_at: datetime.datetime
     returned_at: datetime.datetime | None
+    cancel_reason: CancelReason | None = Field(
+        description="why a cancelled rental was cancelled: by_staff, or not_picked_up (expire_reservations)"
+    )
 
 
 class RentalPage(BaseModel):
@@ -301,7 +305,8 @@ class DashboardOut(BaseModel):
     """The business at a glance, as of the database's current date."""
 
     as_of: datetime.date
-    generated_at: datetime.datetime
+    generated_at: datetime.datetime = Field(description="when the database computed these figures (the snapshot)")
+    age_seconds: float = Field(description="how old the figures were when this reply was made, in seconds")
     rentals_by_status: dict[Status, int]
     active_rentals: int
     overdue_rentals: int

@@ -7,19 +7,44 @@ Definitions (docs/API.md repeats them):
 - utilisation: days active or returned rentals occupied active products within the last
   30 days, over 30 days times the number of active products;
 - top products: the ten with the most revenue over the last 30 days.
+
+The figures live in a snapshot (table dashboard_snapshot), computed by one process at a
+time for every worker and host: the refresh_dashboard job every DASHBOARD_REFRESH_SECONDS,
+or, when there is no snapshot yet, the first request (the others wait for it, they do not
+compute too), or, when the snapshot is older than LATE_PERIODS refresh periods (the job is
+late or not running), the first request that takes the computation's lock while the
+others keep answering from the old one. One computation at a time is a transaction-level
+advisory lock, which ends with its transaction: nothing outlives it, so this works through
+PgBouncer in transaction mode.
+
+A request reads the snapshot in one primary-key lookup, and its worker reuses what it
+read for REREAD_SECONDS: the replies cost a lookup per worker per second, not one per
+request. Every reply carries `generated_at` and `age_seconds`, its figures' age.
 """
 
 from __future__ import annotations
 
+import logging
+import math
 import threading
 import time
 from typing import Any
 
 from flask import current_app
+from psycopg2.extras import Json
 
-from .database import execute_query_one
+from ..serialization import dumps_bytes
+from .database import execute_query_one, fetch_one, transaction
 
-_CACHE = "rentals_dashboard_cache"
+logger = logging.getLogger(__name__)
+
+_COPY = "rentals_dashboard_snapshot"
+# A worker reads the snapshot again once what it read is this old (seconds).
+REREAD_SECONDS = 1.0
+# A request computes the snapshot itself when it is older than this many refresh periods.
+LATE_PERIODS = 2
+# The computation's transaction-level advisory lock: any fixed number no other lock uses.
+LOCK_ID = 7_261_942_018
 
 DASHBOARD_SQL = """
 WITH
@@ -70,7 +95,7 @@ top_products AS (
 )
 SELECT
     current_date AS as_of,
-    now() AS generated_at,
+    statement_timestamp() AS generated_at,
     (SELECT json_object_agg(status, n) FROM by_status) AS rentals_by_status,
     (SELECT active FROM out_now) AS active_rentals,
     (SELECT overdue FROM out_now) AS overdue_rentals,
@@ -84,13 +109,16 @@ SELECT
 """
 
 
-def get_dashboard() -> dict[str, Any]:
-    """Return the dashboard figures, computed by the database in one statement."""
-    row = execute_query_one(DASHBOARD_SQL, replica_ok=True)
+_READ = (
+    "SELECT figures, generated_at, extract(epoch FROM clock_timestamp() - generated_at)::float AS age_seconds"
+    " FROM dashboard_snapshot WHERE id = 1"
+)
+
+
+def _figures(row: dict[str, Any]) -> dict[str, Any]:
     booked, available = row["booked_days"], row["available_days"]
     return {
         "as_of": row["as_of"],
-        "generated_at": row["generated_at"],
         "rentals_by_status": row["rentals_by_status"],
         "active_rentals": row["active_rentals"],
         "overdue_rentals": row["overdue_rentals"],
@@ -105,32 +133,66 @@ def get_dashboard() -> dict[str, Any]:
     }
 
 
-class _DashboardCache:
-    """The last dashboard of this process and when it was computed."""
+def refresh_snapshot(*, wait: bool = False, older_than: float = 0.0) -> dict[str, Any]:
+    """Compute the dashboard into its snapshot unless another process is at it; return what happened.
+
+    Takes the computation's lock for the transaction: `wait` waits for it (lock_timeout
+    bounds the wait), otherwise a lock held elsewhere means someone is computing and this
+    call does nothing. Under the lock, a snapshot younger than `older_than` seconds is kept.
+    Returns {"refreshed": bool, "compute_ms": ..., "age_seconds": ...} (the job's summary).
+    """
+    with transaction() as cur:
+        cur.execute(
+            f"SELECT {'pg_advisory_xact_lock' if wait else 'pg_try_advisory_xact_lock'}(%s) AS locked", (LOCK_ID,)
+        )
+        if fetch_one(cur)["locked"] is False:
+            return {"refreshed": False, "reason": "computing elsewhere"}
+        cur.execute(_READ)
+        current = fetch_one(cur)
+        if current is not None and current["age_seconds"] < older_than:
+            return {"refreshed": False, "reason": "fresh", "age_seconds": round(current["age_seconds"], 3)}
+        started = time.perf_counter()
+        cur.execute(DASHBOARD_SQL)
+        row = fetch_one(cur)
+        compute_ms = round((time.perf_counter() - started) * 1000)
+        cur.execute(
+            "INSERT INTO dashboard_snapshot (id, figures, generated_at, compute_ms) VALUES (1, %s, %s, %s)"
+            " ON CONFLICT (id) DO UPDATE SET figures = EXCLUDED.figures, generated_at = EXCLUDED.generated_at,"
+            " compute_ms = EXCLUDED.compute_ms, refreshes = dashboard_snapshot.refreshes + 1",
+            (Json(_figures(row), dumps=lambda value: dumps_bytes(value).decode()), row["generated_at"], compute_ms),
+        )
+    logger.info("dashboard snapshot computed in %s ms", compute_ms)
+    return {"refreshed": True, "compute_ms": compute_ms}
+
+
+class _SnapshotCopy:
+    """The snapshot row this worker read last, and when (monotonic clock)."""
 
     def __init__(self) -> None:
         self.lock = threading.Lock()
-        self.value: dict[str, Any] | None = None
-        self.computed_at = 0.0
+        self.row: dict[str, Any] | None = None
+        self.read_at = -math.inf
 
 
-def get_dashboard_cached() -> dict[str, Any]:
-    """Return the dashboard, recomputed at most once every DASHBOARD_CACHE_SECONDS per worker.
+def _read_snapshot() -> dict[str, Any]:
+    row = execute_query_one(_READ)
+    if row is None:
+        # No snapshot yet: the first request computes it, the others wait for that one.
+        refresh_snapshot(wait=True, older_than=math.inf)
+        return execute_query_one(_READ)
+    late = LATE_PERIODS * current_app.config["SETTINGS"].dashboard_refresh_seconds
+    if row["age_seconds"] >= late and refresh_snapshot(older_than=late)["refreshed"]:
+        return execute_query_one(_READ)
+    return row
 
-    The statement reads the whole rentals table's status counts, a cost that grows with the
-    table; a dashboard polled by every staff screen would otherwise cost one such scan per poll.
-    One thread recomputes while the others wait for its answer (no stampede). Its
-    `generated_at` says how old the figures are. 0 seconds disables the cache.
-    """
-    ttl = current_app.config["SETTINGS"].dashboard_cache_seconds
-    if ttl <= 0:
-        return get_dashboard()
-    cache = current_app.extensions.setdefault(_CACHE, _DashboardCache())
-    value = cache.value
-    if value is not None and time.monotonic() - cache.computed_at < ttl:
-        return value
-    with cache.lock:
-        if cache.value is None or time.monotonic() - cache.computed_at >= ttl:
-            cache.value = get_dashboard()
-            cache.computed_at = time.monotonic()
-        return cache.value
+
+def get_dashboard() -> dict[str, Any]:
+    """Return the dashboard from its snapshot, with `generated_at` and `age_seconds` (see the module's docstring)."""
+    copy: _SnapshotCopy = current_app.extensions.setdefault(_COPY, _SnapshotCopy())
+    row, read_at = copy.row, copy.read_at
+    if row is None or time.monotonic() - read_at >= REREAD_SECONDS:
+        row, read_at = _read_snapshot(), time.monotonic()
+        with copy.lock:
+            copy.row, copy.read_at = row, read_at
+    age = row["age_seconds"] + time.monotonic() - read_at
+    return {**row["figures"], "generated_at": row["generated_at"], "age_seconds": round(age, 3)}

@@ -57,3 +57,12 @@ def store_reply(
             "ttl": ttl,
         },
     )
+
+
+def purge_expired(batch: int) -> int:
+    """Delete up to `batch` expired stored replies in one statement; return how many went."""
+    return execute_write(
+        "DELETE FROM idempotency_keys WHERE (user_id, key) IN (SELECT user_id, key FROM idempotency_keys"
+        " WHERE expires_at < now() LIMIT %(batch)s FOR UPDATE SKIP LOCKED)",
+        {"batch": batch},
+    )

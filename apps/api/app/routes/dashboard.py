@@ -14,4 +14,4 @@ bp.before_request(authenticate_request)
 @bp.get("", responses={200: DashboardOut})
 def get_dashboard():
     """Return rentals by status, active and overdue counts, revenue, utilisation, top products, new customers."""
-    return model.get_dashboard_cached()
+    return model.get_dashboard()

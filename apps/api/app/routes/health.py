@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import time
 from typing import Any
@@ -10,11 +11,12 @@ import psutil
 import psycopg2
 from flask import Blueprint, current_app, jsonify
 
-from .. import capacity, metrics, pgbouncer
+from .. import capacity, metrics, notifications, pgbouncer
 from ..auth import require_health_token
 from ..capacity import RESERVED_CONNECTIONS_SQL, Budget, PoolerLimits
 from ..config import Settings
 from ..errors import retry_after_header
+from ..jobs import status as job_status
 from ..models.database import (
     DatabaseUnavailable,
     PoolTimeout,
@@ -27,6 +29,8 @@ from ..models.database import (
 from ..pool.base import GAUGES
 
 bp = Blueprint("health", __name__, url_prefix="/api/health")
+
+logger = logging.getLogger(__name__)
 
 STARTED_AT = time.time()
 # /api/health/db must answer quickly even when the pool is saturated.
@@ -134,6 +138,8 @@ def database_health():
     replicas = replica_health()
     if replicas is not None:
         warnings += replicas[1]
+    if database["reachable"]:
+        warnings += _job_warnings(settings)
     if database["reachable"] is False:
         status = "error"
     elif warnings:
@@ -159,6 +165,42 @@ def database_health():
         response.status_code = 503
         response.headers.update(retry_after_header())
     return response
+
+
+def _job_warnings(settings: Settings) -> list[str]:
+    # A job that missed its slots makes the database's status a warning; figures that cannot
+    # be read (tables not migrated yet, a busy pool) add nothing here: /api/health/jobs says why.
+    try:
+        return job_status.warnings(job_status.figures(settings))
+    except (DatabaseUnavailable, psycopg2.Error) as exc:
+        logger.warning("cannot read the jobs' figures for /api/health/db: %s", str(exc).strip())
+        return []
+
+
+@bp.get("/jobs")
+@require_health_token
+def jobs_health():
+    """Report each job's last success and failure, next due time, lag and runs, and the outbox's backlog.
+
+    Status warning when a job has missed MISSED_SLOTS_WARNING slots since its last success;
+    503 when the database cannot answer.
+    """
+    settings: Settings = current_app.config["SETTINGS"]
+    try:
+        figures = job_status.figures(settings)
+    except psycopg2.errors.UndefinedTable as exc:
+        response = jsonify(
+            {"status": "error", "error": f"the jobs' tables are missing ({str(exc).strip()}): run `db upgrade`"}
+        )
+        response.status_code = 503
+        return response
+    warnings = job_status.warnings(figures)
+    return {
+        "status": "warning" if warnings else "healthy",
+        "jobs": figures,
+        "outbox": notifications.backlog(),
+        "warnings": warnings,
+    }
 
 
 @bp.get("/db/test")

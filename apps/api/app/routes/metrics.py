@@ -7,11 +7,17 @@ Served on the API's own bind behind HEALTH_API_TOKEN (Prometheus sends it with
 
 from __future__ import annotations
 
-from flask import Blueprint, Response
+import logging
 
-from .. import metrics
+import psycopg2
+from flask import Blueprint, Response, current_app
+
+from .. import metrics, notifications
 from ..auth import require_health_token
-from ..models.database import pool_stats
+from ..jobs import status as job_status
+from ..models.database import DatabaseUnavailable, pool_stats
+
+logger = logging.getLogger(__name__)
 
 bp = Blueprint("metrics", __name__)
 
@@ -19,7 +25,14 @@ bp = Blueprint("metrics", __name__)
 @bp.get("/metrics")
 @require_health_token
 def prometheus_metrics():
-    """Return all workers' metrics, after publishing this worker's latest pool figures."""
+    """Return all workers' metrics, after publishing this worker's latest pool figures and the outbox's backlog,
+    and the jobs' figures read from the database (left out when it cannot answer)."""
     pool_stats()
-    body, content_type = metrics.exposition()
+    notifications.backlog()
+    extra = []
+    try:
+        extra.append(metrics.JobFigures(job_status.figures(current_app.config["SETTINGS"])))
+    except (DatabaseUnavailable, psycopg2.Error) as exc:
+        logger.warning("cannot read the jobs' figures for the metrics: %s", str(exc).strip())
+    body, content_type = metrics.exposition(*extra)
     return Response(body, content_type=content_type)
