@@ -42,12 +42,14 @@ from .pool.base import (
     CONNECTION_ERRORS,
     CONNECTIONS_OPENED,
     DISCARDED,
+    GENERATIONS_RETIRED,
     IN_USE,
     INTERRUPTED,
     LEAKS_DETECTED,
     MAX_CONNECTIONS,
     RECYCLED,
     REJECTED,
+    RETIRED,
     SHRUNK,
     TIMEOUTS,
     TOTAL,
@@ -169,6 +171,11 @@ POOL_COUNTERS = {
     INTERRUPTED: Counter(
         "rentals_db_pool_interrupted_connections", "Connections cut off while held past their request's deadline."
     ),
+    GENERATIONS_RETIRED: Counter(
+        "rentals_db_pool_retired_generations",
+        "Times a pool closed all its connections at once: one failed, or its server stopped taking writes.",
+    ),
+    RETIRED: Counter("rentals_db_pool_retired_connections", "Connections closed because their generation was retired."),
 }
 
 _FAST_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)

@@ -28,6 +28,8 @@ PINGS = "pings"
 PING_FAILURES = "ping_failures"
 LEAKS_DETECTED = "leaks_detected"
 INTERRUPTED = "interrupted"
+GENERATIONS_RETIRED = "generations_retired"
+RETIRED = "retired"
 
 COUNTERS = (
     ACQUISITIONS,
@@ -46,6 +48,8 @@ COUNTERS = (
     PING_FAILURES,
     LEAKS_DETECTED,
     INTERRUPTED,
+    GENERATIONS_RETIRED,
+    RETIRED,
     PEAK_IN_USE,
 )
 # The figures that describe a pool at one moment (the rest are counters since it opened).

@@ -1,0 +1,133 @@
+"""Failover of the primary: a server that stops accepting writes retires the pool's whole generation.
+
+The server here is a private one: making it read-only (ALTER SYSTEM + reload) must not
+reach the other tests' databases.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import psycopg2
+import pytest
+
+from apps.api.app import create_app
+from apps.api.app.models.database import close_pool
+from devtools.embedded_pg import EmbeddedPostgres
+from tests.helpers import (
+    HEALTH_HEADERS,
+    app_config,
+    bearer,
+    give_back,
+    hold,
+    insert_row,
+    private_server,
+    upgrade_database,
+    wait_until,
+)
+
+DBNAME = "rentals_failover"
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def own_server() -> Iterator[EmbeddedPostgres]:
+    """A private server with the migrated database DBNAME; stopped and removed after the module."""
+    with private_server() as server:
+        server.execute(f"CREATE DATABASE {DBNAME}")
+        upgrade_database(server.dsn(DBNAME))
+        yield server
+
+
+def set_read_only(server: EmbeddedPostgres, on: bool) -> None:
+    """Make every session of the server read-only (or writable again), open ones included, as a demotion would."""
+    server.execute("ALTER SYSTEM SET default_transaction_read_only = on" if on else "ALTER SYSTEM RESET ALL")
+    server.execute("SELECT pg_reload_conf()")
+    wanted = "on" if on else "off"
+    assert wait_until(lambda: server.execute("SHOW default_transaction_read_only", dbname=DBNAME)[0][0] == wanted)
+
+
+@pytest.fixture
+def read_only_server(own_server: EmbeddedPostgres) -> Iterator[EmbeddedPostgres]:
+    """The private server; writable again after the test whatever it did."""
+    try:
+        yield own_server
+    finally:
+        set_read_only(own_server, False)
+
+
+@pytest.fixture
+def failover_app(own_server: EmbeddedPostgres, password_hash: str):
+    """An app on the private server with 4 connections, and the headers of a staff member."""
+    conn = psycopg2.connect(own_server.dsn(DBNAME))
+    conn.autocommit = True
+    try:
+        user = insert_row(
+            conn,
+            "users",
+            email=f"staff-{id(conn)}@example.com",
+            password_hash=password_hash,
+            full_name="Test Staff",
+            role="staff",
+            active=True,
+        )
+    finally:
+        conn.close()
+    app = create_app(
+        app_config(own_server.dsn(DBNAME), DB_POOL_MIN_CONNECTIONS=4, DB_POOL_MAX_CONNECTIONS=4, DB_POOL_TIMEOUT=1)
+    )
+    app.config["TESTING"] = True
+    try:
+        yield app, bearer(app, user)
+    finally:
+        close_pool(app)
+
+
+def _new_customer(n: int) -> dict[str, str]:
+    return {"full_name": f"Failover {n}", "email": f"failover{n}-{id(object())}@example.com"}
+
+
+def test_a_primary_turned_read_only_retires_the_whole_generation_at_once(failover_app, read_only_server):
+    app, headers = failover_app
+    client = app.test_client()
+    pool, held = hold(app, 4)
+    give_back(pool, held)  # four idle connections, all opened while the server took writes
+    before = pool.stats()
+    set_read_only(read_only_server, True)
+
+    replies = [client.post("/api/customers", json=_new_customer(n), headers=headers) for n in range(6)]
+
+    assert [r.status_code for r in replies] == [503] * 6, [r.json for r in replies]
+    assert all(r.headers["Retry-After"] for r in replies)
+    assert replies[0].json["error"]["code"] == "database_read_only"
+    stats = pool.stats()
+    # One generation retired, its four connections closed together; no request met a
+    # second read-only connection, and no connection to the read-only server was kept.
+    assert stats["generations_retired"] - before["generations_retired"] == 1
+    assert stats["retired"] - before["retired"] == 4
+    assert stats["connections_opened"] == before["connections_opened"]
+    assert stats["connection_errors"] > before["connection_errors"], "the pool did not try to reconnect"
+    assert (stats["total"], stats["in_use"]) == (0, 0)
+
+    set_read_only(read_only_server, False)
+    # Back without a restart, on the same pool, once the backoff lets a connect through.
+    assert wait_until(
+        lambda: client.post("/api/customers", json=_new_customer(99), headers=headers).status_code == 201, timeout=10
+    )
+    assert pool.stats()["generations_retired"] - before["generations_retired"] == 1
+
+
+def test_health_reports_error_when_the_primary_is_read_only(failover_app, read_only_server):
+    app, _ = failover_app
+    client = app.test_client()
+    assert client.get("/api/health/db", headers=HEALTH_HEADERS).json["status"] == "healthy"
+    set_read_only(read_only_server, True)
+
+    response = client.get("/api/health/db", headers=HEALTH_HEADERS)
+
+    assert response.status_code == 503
+    assert response.headers["Retry-After"]
+    body = response.json
+    assert body["status"] == "error"
+    assert any("read-only" in warning for warning in body["warnings"]), body["warnings"]
