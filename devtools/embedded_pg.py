@@ -250,3 +250,87 @@ class EmbeddedPostgres:
 
     def __exit__(self, *exc_info: object) -> None:
         self.stop()
+
+
+class EmbeddedReplica(EmbeddedPostgres):
+    """A streaming replica of an EmbeddedPostgres: a hot standby made with the wheel's own pg_basebackup.
+
+    `start()` takes the base backup on first use (`pg_basebackup -R -X stream -C -S slot`:
+    `-R` writes `primary_conninfo` and `standby.signal`, `-C -S` creates a physical
+    replication slot on the primary so it keeps the WAL this replica has not received
+    yet), then starts the copy on its own port as a hot standby that serves reads.
+    `promote()` makes it a primary. It has the primary's superuser and password (a
+    physical copy has the same roles). `remove()` also drops its slot on the primary, when
+    the primary still runs, so a removed replica does not hold WAL there.
+    """
+
+    def __init__(
+        self,
+        data_dir: str | Path,
+        primary: EmbeddedPostgres,
+        *,
+        port: int | None = None,
+        slot: str | None = None,
+        settings: dict[str, str] | None = None,
+    ) -> None:
+        super().__init__(data_dir, port=port, host=primary.host, settings=settings)
+        self.primary = primary
+        # Slot names allow lowercase letters, digits and underscores only.
+        self.slot = slot or f"replica_{self.port}"
+
+    def init(self) -> None:
+        """Copy the primary with pg_basebackup (streamed WAL, a new slot, standby settings written)."""
+        self._prepare_permissions()
+        self.data_dir.parent.mkdir(parents=True, exist_ok=True)
+        self.data_dir.mkdir(exist_ok=True)
+        if self._system_user is not None:
+            ensure_prefix_permissions(self.data_dir)
+            entry = pwd.getpwnam(self._system_user)
+            os.chown(self.data_dir, entry.pw_uid, entry.pw_gid)
+        self.data_dir.chmod(0o700)
+        self._password_file.write_text(self.primary.password + "\n")
+        self._password_file.chmod(0o600)
+        args = ["-D", str(self.data_dir), "-d", self.primary.dsn(), "-X", "stream", "-R", "-C", "-S", self.slot]
+        result = self._pg("pg_basebackup", *args, "--checkpoint=fast", "--no-sync", check=False, timeout=120)
+        if result.returncode != 0:
+            shutil.rmtree(self.data_dir, ignore_errors=True)
+            raise RuntimeError(
+                f"pg_basebackup of {self.primary.host}:{self.primary.port} failed: {result.stderr.strip()}"
+            )
+        # The copy carries the primary's log; this server writes a log of its own.
+        self.log_file.unlink(missing_ok=True)
+
+    def in_recovery(self) -> bool:
+        """Return True while the server is a standby (False once promoted)."""
+        return bool(self.execute("SELECT pg_is_in_recovery()")[0][0])
+
+    def promote(self, timeout: float = 60) -> None:
+        """Promote the standby to a primary and wait until it accepts writes."""
+        self._pg("pg_ctl", "-D", str(self.data_dir), "-w", "-t", str(int(timeout)), "promote", timeout=timeout + 10)
+        logger.info("embedded postgresql replica promoted (data %s)", self.data_dir)
+
+    def replay_lsn(self) -> str:
+        """Return the WAL position this standby has replayed (pg_last_wal_replay_lsn())."""
+        return self.execute("SELECT pg_last_wal_replay_lsn()::text")[0][0]
+
+    def wait_caught_up(self, timeout: float = 30) -> None:
+        """Wait until this standby has replayed everything the primary has written so far.
+
+        Raises TimeoutError when replay does not reach the primary's position in time
+        (replay paused, the replica stopped or cut off).
+        """
+        target = self.primary.execute("SELECT pg_current_wal_lsn()::text")[0][0]
+        deadline = time.monotonic() + timeout
+        while not self.execute("SELECT pg_last_wal_replay_lsn() >= %s::pg_lsn", (target,))[0][0]:
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"replica on port {self.port} did not replay up to {target} in {timeout} s")
+            time.sleep(0.02)
+
+    def remove(self) -> None:
+        """Stop the server, delete its data folder and drop its slot on the primary (when the primary runs)."""
+        super().remove()
+        if self.primary.running():
+            self.primary.execute(
+                "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots WHERE slot_name = %s",
+                (self.slot,),
+            )

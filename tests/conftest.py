@@ -39,6 +39,7 @@ from tests.helpers import (
     private_server,
     unavailable_reason,
 )
+from tests.support.replicas import ReplicaPair, replica_pair
 
 
 @pytest.fixture(autouse=True)
@@ -126,6 +127,18 @@ def database_url(direct_database_url: str, db_route: str, request) -> Iterator[s
         # Drop PgBouncer's server connections to this database before pytest-postgresql drops it.
         bouncer.admin(f"KILL {dbname}")
         bouncer.admin(f"RESUME {dbname}")
+
+
+@pytest.fixture(scope="module")
+def pg_replica_pair(tmp_path_factory) -> Iterator[ReplicaPair]:
+    """A primary and a streaming replica (hot standby, replication slot) for one test module; removed after.
+
+    Both have the migrated database `pair.dbname`, shared by the module's tests (each
+    leaves the pair running and replaying, as it found it). Module-scoped: the base backup
+    costs a second or two; each xdist worker makes its own pair in its own folder.
+    """
+    with replica_pair(tmp_path_factory.mktemp("replica-pair")) as pair:
+        yield pair
 
 
 @pytest.fixture
