@@ -1,23 +1,26 @@
-"""Failover of the primary: a server that stops accepting writes retires the pool's whole generation.
+"""Failover of the primary: several hosts in DATABASE_URL, and a server that stops taking writes.
 
-The server here is a private one: making it read-only (ALTER SYSTEM + reload) must not
-reach the other tests' databases.
+Making a server read-only (ALTER SYSTEM + reload) happens on a private one, never on the
+session server the other tests share. The switchover and crash scenarios under load, with
+a real replica, are in tests/test_failover_load.py.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator
+from urllib.parse import urlsplit, urlunsplit
 
 import psycopg2
 import pytest
 
-from apps.api.app import create_app
-from apps.api.app.models.database import close_pool
-from devtools.embedded_pg import EmbeddedPostgres
+from apps.api.app import create_app, pgbouncer
+from apps.api.app.models.database import check_capacity, close_pool, execute_write
+from devtools.embedded_pg import EmbeddedPostgres, free_port
 from tests.helpers import (
     HEALTH_HEADERS,
     app_config,
     bearer,
+    dbname_of,
     give_back,
     hold,
     insert_row,
@@ -27,8 +30,6 @@ from tests.helpers import (
 )
 
 DBNAME = "rentals_failover"
-
-pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
@@ -88,6 +89,7 @@ def _new_customer(n: int) -> dict[str, str]:
     return {"full_name": f"Failover {n}", "email": f"failover{n}-{id(object())}@example.com"}
 
 
+@pytest.mark.slow
 def test_a_primary_turned_read_only_retires_the_whole_generation_at_once(failover_app, read_only_server):
     app, headers = failover_app
     client = app.test_client()
@@ -118,6 +120,7 @@ def test_a_primary_turned_read_only_retires_the_whole_generation_at_once(failove
     assert pool.stats()["generations_retired"] - before["generations_retired"] == 1
 
 
+@pytest.mark.slow
 def test_health_reports_error_when_the_primary_is_read_only(failover_app, read_only_server):
     app, _ = failover_app
     client = app.test_client()
@@ -131,3 +134,28 @@ def test_health_reports_error_when_the_primary_is_read_only(failover_app, read_o
     body = response.json
     assert body["status"] == "error"
     assert any("read-only" in warning for warning in body["warnings"]), body["warnings"]
+
+
+def _several_hosts(url: str, first: str) -> str:
+    """Return `url` with `first` (host:port) listed before its own host, asking libpq for a writable one."""
+    parts = urlsplit(url)
+    netloc = f"{parts.username}:{parts.password}@{first},{parts.hostname}:{parts.port}"
+    return urlunsplit(parts._replace(netloc=netloc, query="target_session_attrs=read-write"))
+
+
+def test_an_app_on_several_hosts_checks_capacity_writes_and_reports_health_on_the_one_that_answers(
+    direct_database_url, health_headers
+):
+    url = _several_hosts(direct_database_url, f"127.0.0.1:{free_port()}")  # nothing listens there
+    app = create_app(app_config(url))
+    try:
+        capacity = check_capacity(app)
+        assert capacity["server_max_connections"] > 0
+        assert pgbouncer.our_pool(url) == (dbname_of(direct_database_url), urlsplit(direct_database_url).username)
+        with app.app_context():
+            assert execute_write("CREATE TABLE notes (body text)") is not None
+            assert execute_write("INSERT INTO notes VALUES ('on the second host')") == 1
+        body = app.test_client().get("/api/health/db", headers=health_headers).json
+        assert (body["status"], body["database"]["writable"]) == ("healthy", True), body
+    finally:
+        close_pool(app)
