@@ -14,7 +14,7 @@ import psycopg2
 import pytest
 
 from apps.api.app import create_app, pgbouncer
-from apps.api.app.models.database import check_capacity, close_pool, execute_write
+from apps.api.app.models.database import ServerReadOnly, check_capacity, close_pool, execute_write, pool_stats
 from devtools.embedded_pg import EmbeddedPostgres, free_port
 from tests.helpers import (
     HEALTH_HEADERS,
@@ -28,6 +28,8 @@ from tests.helpers import (
     upgrade_database,
     wait_until,
 )
+from tests.support.failover import temporary_pair
+from tests.support.replicas import ReplicaPair
 
 DBNAME = "rentals_failover"
 
@@ -157,5 +159,31 @@ def test_an_app_on_several_hosts_checks_capacity_writes_and_reports_health_on_th
             assert execute_write("INSERT INTO notes VALUES ('on the second host')") == 1
         body = app.test_client().get("/api/health/db", headers=health_headers).json
         assert (body["status"], body["database"]["writable"]) == ("healthy", True), body
+    finally:
+        close_pool(app)
+
+
+@pytest.fixture(scope="module")
+def standby_pair() -> Iterator[ReplicaPair]:
+    """A primary and its streaming replica for this module; removed after."""
+    with temporary_pair() as pair:
+        yield pair
+
+
+@pytest.mark.slow
+def test_a_pool_that_reaches_a_standby_refuses_it_and_health_says_in_recovery(standby_pair, health_headers):
+    # One host, no target_session_attrs: libpq connects to the standby, the pool refuses it.
+    app = create_app(app_config(standby_pair.replica_url, DB_POOL_MIN_CONNECTIONS=0))
+    app.config["TESTING"] = True
+    try:
+        with app.app_context(), pytest.raises(ServerReadOnly, match="in recovery"):
+            execute_write("INSERT INTO customers (full_name, email) VALUES ('Lost', 'lost@example.com')")
+        stats = pool_stats(app)
+        assert (stats["connections_opened"], stats["total"]) == (0, 0)
+        assert stats["connection_errors"] >= 1
+        response = app.test_client().get("/api/health/db", headers=health_headers)
+        assert response.status_code == 503
+        assert response.json["database"]["writable"] is False
+        assert any("in recovery" in warning for warning in response.json["warnings"]), response.json["warnings"]
     finally:
         close_pool(app)

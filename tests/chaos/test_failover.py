@@ -10,20 +10,12 @@ primary, and writes come back soon after the promotion.
 
 from __future__ import annotations
 
-import contextlib
-import shutil
-import subprocess
-import tempfile
 import time
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
 import psycopg2
 import pytest
 
-from devtools.embedded_pg import EmbeddedPostgres
 from tests.support.chaos import (
     SCALE,
     SCENARIO_TIMEOUT,
@@ -33,9 +25,9 @@ from tests.support.chaos import (
     record,
     summary,
 )
+from tests.support.failover import failover_url, make_synchronous, promote, restart_read_only, temporary_pair
 from tests.support.gunicorn import WORKERS, start_workers, stop_gunicorn, worker_pids
 from tests.support.load import LoadGenerator, Reply, seed_world
-from tests.support.replicas import ReplicaPair, replica_pair
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(SCENARIO_TIMEOUT + 60)]
 
@@ -47,39 +39,6 @@ ROUNDS = min(SCALE, 3)
 # Load before the fault, and after the promotion.
 BEFORE = 1.5
 AFTER = 3.0 if SCALE == 1 else 8.0
-
-
-def failover_url(pair: ReplicaPair) -> str:
-    """Return DATABASE_URL listing the primary, then the replica, for whichever takes writes."""
-    parts = urlsplit(pair.primary_url)
-    hosts = f"{pair.primary.host}:{pair.primary.port},{pair.replica.host}:{pair.replica.port}"
-    netloc = f"{parts.username}:{parts.password}@{hosts}"
-    return urlunsplit(parts._replace(netloc=netloc, query="target_session_attrs=read-write"))
-
-
-def make_synchronous(pair: ReplicaPair) -> None:
-    """Make the replica a synchronous standby: a commit returns once the replica has flushed it."""
-    pair.primary.execute("ALTER SYSTEM SET synchronous_standby_names = '*'")
-    pair.primary.execute("SELECT pg_reload_conf()")
-    deadline = time.monotonic() + 10
-    while pair.primary.execute("SELECT sync_state FROM pg_stat_replication") != [("sync",)]:
-        assert time.monotonic() < deadline, "the replica did not become a synchronous standby"
-        time.sleep(0.05)
-
-
-def promote(pair: ReplicaPair) -> None:
-    """Promote the replica; fail with pg_ctl's words and the replica's log when it does not."""
-    try:
-        pair.replica.promote()
-    except subprocess.CalledProcessError as exc:
-        log = pair.replica.log_file.read_text(errors="replace")[-3000:]
-        raise AssertionError(f"pg_ctl promote failed: {exc.stdout} {exc.stderr}\n--- replica log ---\n{log}") from exc
-
-
-def restart_read_only(server: EmbeddedPostgres) -> None:
-    """Start the old primary again, read-only (a real one would come back as a standby, after pg_rewind)."""
-    server.settings = {**server.settings, "default_transaction_read_only": "on"}
-    server.start()
 
 
 def check_failover(replies: list[Reply], stopping: float, promoted: float, output: str) -> dict[str, Any]:
@@ -105,25 +64,11 @@ def check_failover(replies: list[Reply], stopping: float, promoted: float, outpu
     }
 
 
-@contextlib.contextmanager
-def pair_folder() -> Iterator[Path]:
-    """Return a new folder for a replica pair, removed after.
-
-    Not pytest's tmp_path: every pytest session that starts on the machine makes
-    /tmp/pytest-of-<user> private again (0700), and the servers run as another user.
-    """
-    folder = Path(tempfile.mkdtemp(prefix="rentals-failover-"))
-    try:
-        yield folder
-    finally:
-        shutil.rmtree(folder, ignore_errors=True)
-
-
 def run_failover(*, crash: bool, synchronous: bool = False) -> dict[str, Any]:
     """Fail the primary over to its replica under load, ROUNDS times; return the figures of each round."""
     rounds = []
     for _ in range(ROUNDS):
-        with pair_folder() as folder, replica_pair(folder) as pair:
+        with temporary_pair() as pair:
             if synchronous:
                 make_synchronous(pair)
             conn = psycopg2.connect(pair.primary_url)

@@ -364,22 +364,23 @@ class ConnectionPool:
         except PoolError:
             raise PoolClosed("the connection pool is closed") from None
         if self._attempt.backing_off(time.monotonic()):
-            raise DatabaseUnavailable("the database is unreachable; retrying shortly")
+            raise self._attempt.refusal()
         started = time.monotonic()
         # Read before connecting: a retirement during the handshake covers this connection too.
         generation = self._generation
         try:
             conn = psycopg2.connect(self._dsn, **self._connect_kwargs)
         except psycopg2.OperationalError as exc:
-            self._note_connect_failure(exc)
-            raise DatabaseUnavailable("the database is unreachable") from exc
+            unreachable = DatabaseUnavailable("the database is unreachable")
+            self._note_connect_failure(exc, unreachable)
+            raise unreachable from exc
         conn.pool_generation = generation
         if self.check_server is not None:
             try:
                 self.check_server(conn)
             except DatabaseUnavailable as exc:
                 conn.close()
-                self._note_connect_failure(exc)
+                self._note_connect_failure(exc, exc)
                 raise
         elapsed_ms = (time.monotonic() - started) * 1000
         try:
@@ -394,10 +395,11 @@ class ConnectionPool:
                 self._counters[CONNECT_TIME_MS] += elapsed_ms
         return got
 
-    def _note_connect_failure(self, exc: Exception) -> None:
+    def _note_connect_failure(self, exc: Exception, error: DatabaseUnavailable) -> None:
+        # `exc` is what went wrong, for the log; `error` what callers get until the next try.
         with self._cond:
             self._counters[CONNECTION_ERRORS] += 1
-            backoff = self._attempt.failed(time.monotonic())
+            backoff = self._attempt.failed(time.monotonic(), error)
             failures = self._attempt.failures
         logger.warning(
             "pool %s cannot connect (attempt %s, next in %.1f s): %s",
