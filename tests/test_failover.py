@@ -7,6 +7,7 @@ a real replica, are in tests/test_failover_load.py.
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Iterator
 from urllib.parse import urlsplit, urlunsplit
 
@@ -69,7 +70,7 @@ def failover_app(own_server: EmbeddedPostgres, password_hash: str):
         user = insert_row(
             conn,
             "users",
-            email=f"staff-{id(conn)}@example.com",
+            email=f"staff-{uuid.uuid4().hex}@example.com",
             password_hash=password_hash,
             full_name="Test Staff",
             role="staff",
@@ -88,7 +89,7 @@ def failover_app(own_server: EmbeddedPostgres, password_hash: str):
 
 
 def _new_customer(n: int) -> dict[str, str]:
-    return {"full_name": f"Failover {n}", "email": f"failover{n}-{id(object())}@example.com"}
+    return {"full_name": f"Failover {n}", "email": f"failover{n}-{uuid.uuid4().hex}@example.com"}
 
 
 @pytest.mark.slow
