@@ -16,8 +16,9 @@ $(STAMP): requirements.txt requirements-dev.txt
 run: $(STAMP)
 	$(BIN)/python -m devtools.run_dev
 
-## cluster: make run's database behind PgBouncer (transaction mode), two API hosts behind HAProxy on
-##          127.0.0.1:8000 (Ctrl-C stops everything); installs Debian's pgbouncer and haproxy as root
+## cluster: make run's database behind PgBouncer (transaction mode) with a streaming replica for reads,
+##          two API hosts behind HAProxy on 127.0.0.1:8000 (Ctrl-C stops everything); installs Debian's
+##          pgbouncer and haproxy as root
 cluster: $(STAMP)
 	$(BIN)/python -m devtools.cluster
 

@@ -4,6 +4,8 @@
       -> two API hosts: two gunicorn masters on 127.0.0.1 (CLUSTER_API_PORTS, free ports by default)
         -> PgBouncer, transaction mode, 127.0.0.1:DEV_PGBOUNCER_PORT (64329)
           -> the embedded PostgreSQL of make run, 127.0.0.1:DEV_DB_PORT (54329), data in .devdb/
+        -> reads that may be a moment stale: a streaming replica of it,
+           127.0.0.1:DEV_REPLICA_PORT (54339), data in .cluster/replica/
 
 The database is make run's: same folder, role, migrations (applied straight to PostgreSQL,
 as make run does), demo data and printed lines; the cluster also puts the configured
@@ -11,13 +13,17 @@ timeouts on the role (`flask db apply-timeouts`), where PgBouncer's sessions get
 Each API host runs with .env.dev's settings and what a host behind PgBouncer and a
 balancer sets: DATABASE_URL through
 PgBouncer, DB_POOLER=pgbouncer (no startup `options`, which PgBouncer refuses),
-PGBOUNCER_ADMIN_URL (PgBouncer's figures in /api/health/db and /metrics), API_HOSTS=2 and
-TRUSTED_PROXIES=1. PgBouncer and HAProxy come from Debian's packages
+PGBOUNCER_ADMIN_URL (PgBouncer's figures in /api/health/db and /metrics), API_HOSTS=2,
+TRUSTED_PROXIES=1 and DATABASE_REPLICA_URLS: the replica, reached directly (the timeouts
+on the role replicate with it). The replica is made fresh at each start with the wheel's
+pg_basebackup (a hot standby on a physical replication slot) and removed, slot included,
+on the way out, so a stopped cluster holds no WAL on make run's database. PgBouncer and
+HAProxy come from Debian's packages
 (installed when missing, as root), run as the embedded PostgreSQL's non-root user, and
 write their generated configuration and their logs into .cluster/ (CLUSTER_DIR).
 
 Ctrl-C, or a SIGINT or SIGTERM sent to this process alone, stops HAProxy, then both API
-hosts, then PgBouncer, then PostgreSQL (devtools/launch.py).
+hosts, then PgBouncer, then the replica, then PostgreSQL (devtools/launch.py).
 """
 
 from __future__ import annotations
@@ -28,7 +34,7 @@ import sys
 from pathlib import Path
 
 from devtools.debian import ProgramUnavailable
-from devtools.embedded_pg import free_port
+from devtools.embedded_pg import EmbeddedReplica, free_port
 from devtools.haproxy import HAProxy, ensure_haproxy
 from devtools.launch import (
     GUNICORN_COMMAND,
@@ -61,7 +67,7 @@ def api_ports() -> list[int]:
     return ports
 
 
-def host_environment(database_url: str, port: int, bouncer: PgBouncer) -> dict[str, str]:
+def host_environment(database_url: str, port: int, bouncer: PgBouncer, replica_url: str) -> dict[str, str]:
     """Return the environment of one API host: ours, .env.dev's (APP_ENV=dev), and what the cluster sets."""
     env = {
         **os.environ,
@@ -71,6 +77,8 @@ def host_environment(database_url: str, port: int, bouncer: PgBouncer) -> dict[s
         # PgBouncer's figures in /api/health/db and /metrics, read as its monitoring user.
         "PGBOUNCER_ADMIN_URL": bouncer.admin_dsn(),
         "API_HOSTS": str(API_HOSTS),
+        # Reads that may be a moment stale go to the replica (README, Read replicas).
+        "DATABASE_REPLICA_URLS": replica_url,
         # One balancer in front appends the client's address to X-Forwarded-For.
         "TRUSTED_PROXIES": "1",
         "BIND_HOST": "127.0.0.1",
@@ -95,6 +103,10 @@ def main() -> int:
             # Behind PgBouncer the timeouts travel on the role; each worker checks they arrive.
             target, demo = database.prepare(timeouts_on_role=True)
             folder = cluster_folder()
+            replica = supervisor.enter(
+                EmbeddedReplica(folder / "replica", database.server, port=env_port("DEV_REPLICA_PORT", 54339))
+            )
+            replica_url = replica.dsn(target.dbname, user=target.role, password=target.password)
             bouncer = supervisor.enter(
                 PgBouncer(
                     folder / "pgbouncer",
@@ -107,7 +119,9 @@ def main() -> int:
                     query_wait_timeout=10,
                 )
             )
-            envs = [host_environment(bouncer.dsn(target.dbname, target.role), port, bouncer) for port in ports]
+            envs = [
+                host_environment(bouncer.dsn(target.dbname, target.role), port, bouncer, replica_url) for port in ports
+            ]
             names = [f"api host {number} (127.0.0.1:{port})" for number, port in enumerate(ports, start=1)]
             hosts = supervisor.start(names, [GUNICORN_COMMAND] * API_HOSTS, envs=envs)
             for port in ports:
@@ -123,6 +137,7 @@ def main() -> int:
                 + ", ".join(f"127.0.0.1:{port}" for port in ports)
                 + f" -> PgBouncer {bouncer.host}:{bouncer.port} ({bouncer.config['pool_mode']} mode)"
                 + f" -> PostgreSQL {database.server.host}:{database.port}",
+                f"  read replica (hot standby, slot {replica.slot}) {replica.host}:{replica.port}, stale reads only",
                 f"  PgBouncer's console: psql '{bouncer.admin_dsn()}' -c 'SHOW POOLS'",
                 f"  logs: {bouncer.log_file}, {balancer.log_file}",
             ]

@@ -130,15 +130,65 @@ def database_url(direct_database_url: str, db_route: str, request) -> Iterator[s
 
 
 @pytest.fixture(scope="module")
-def pg_replica_pair(tmp_path_factory) -> Iterator[ReplicaPair]:
+def pg_replica_pair() -> Iterator[ReplicaPair]:
     """A primary and a streaming replica (hot standby, replication slot) for one test module; removed after.
 
     Both have the migrated database `pair.dbname`, shared by the module's tests (each
     leaves the pair running and replaying, as it found it). Module-scoped: the base backup
-    costs a second or two; each xdist worker makes its own pair in its own folder.
+    costs a second or two; each xdist worker makes its own pair in its own temporary folder.
     """
-    with replica_pair(tmp_path_factory.mktemp("replica-pair")) as pair:
+    # A replay that conflicts with a replica query cancels it after 100 ms (the default 30 s
+    # would hold replay, and the recovery-conflict test, that long).
+    with replica_pair(settings={"max_standby_streaming_delay": "100ms"}) as pair:
         yield pair
+
+
+@pytest.fixture
+def running_pair(pg_replica_pair: ReplicaPair) -> Iterator[ReplicaPair]:
+    """The module's primary and replica, handed back running, replaying and caught up whatever the test did."""
+    try:
+        yield pg_replica_pair
+    finally:
+        replica = pg_replica_pair.replica
+        if not replica.running():
+            replica.start()
+        replica.execute("SELECT pg_wal_replay_resume()")
+        replica.wait_caught_up()
+
+
+@pytest.fixture
+def primary_conn(running_pair: ReplicaPair) -> Iterator[psycopg2.extensions.connection]:
+    """A superuser connection to the pair's database on the primary, in autocommit."""
+    conn = psycopg2.connect(running_pair.primary_url)
+    conn.autocommit = True
+    try:
+        yield conn
+    finally:
+        conn.close()
+
+
+@pytest.fixture
+def make_replica_app(running_pair: ReplicaPair):
+    """Build apps on the pair's primary with its replica in DATABASE_REPLICA_URLS: make_replica_app(**settings).
+
+    The replica is checked every 50 ms. Their pools (and replica checks) are closed after.
+    """
+    apps = []
+
+    def make(**overrides: object):
+        settings = {
+            "DATABASE_REPLICA_URLS": running_pair.replica_url,
+            "DB_REPLICA_CHECK_INTERVAL_MS": "50",
+            **overrides,
+        }
+        app = create_app(app_config(running_pair.primary_url, **settings))
+        app.config["TESTING"] = True
+        apps.append(app)
+        return app
+
+    yield make
+    for app in apps:
+        database.close_pool(app)
 
 
 @pytest.fixture

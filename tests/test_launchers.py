@@ -82,13 +82,14 @@ def test_make_run_serves_and_a_signal_to_the_launcher_alone_stops_everything(dev
 @pytest.mark.haproxy
 @pytest.mark.timeout(120)
 def test_make_cluster_balances_two_hosts_through_pgbouncer_and_sigterm_stops_everything(dev_data_dir, tmp_path):
-    api_ports, bouncer_port = [free_port(), free_port()], free_port()
+    api_ports, bouncer_port, replica_port = [free_port(), free_port()], free_port(), free_port()
     settings = {
         "WEB_CONCURRENCY": "1",
         "GUNICORN_THREADS": "4",
         "CLUSTER_DIR": str(tmp_path / "cluster"),
         "CLUSTER_API_PORTS": ",".join(map(str, api_ports)),
         "DEV_PGBOUNCER_PORT": str(bouncer_port),
+        "DEV_REPLICA_PORT": str(replica_port),
     }
     with run_launcher("devtools.cluster", dev_data_dir, tmp_path / "cluster.log", settings) as launcher:
         output = launcher.output()
@@ -120,6 +121,14 @@ def test_make_cluster_balances_two_hosts_through_pgbouncer_and_sigterm_stops_eve
         assert pooler["pool"]["cl_active"] >= 2 and pooler["capacity"]["fits"], pooler
         assert pooler["capacity"]["client_connections"] == 2 * 1 * 10  # 2 hosts x 1 worker x .env.dev's 10
         assert body["status"] == "healthy" and body["recommendations"]["advice"] == ["no change needed"], body
+        # Replica routing is on: the hosts see the cluster's streaming replica replaying.
+        assert wait_until(
+            lambda: (
+                request(launcher.port, "GET", "/api/health/db", token=DEV_HEALTH_TOKEN)[1]["replicas"][0]["state"]
+                == "up"
+            ),
+            timeout=10,
+        )
 
         # The hosts reach PostgreSQL through PgBouncer: its console (the printed line) shows their clients.
         console = re.search(r"PgBouncer's console: psql '(\S+)'", output).group(1)
@@ -135,5 +144,5 @@ def test_make_cluster_balances_two_hosts_through_pgbouncer_and_sigterm_stops_eve
         (pool,) = [pool for pool in pools if pool["database"] == "rentals"]
         assert pool["pool_mode"] == "transaction" and pool["cl_active"] >= 2, pools
 
-        ports = [launcher.port, int(launcher.env["DEV_DB_PORT"]), bouncer_port, *api_ports]
+        ports = [launcher.port, int(launcher.env["DEV_DB_PORT"]), bouncer_port, replica_port, *api_ports]
         stop_and_check_everything_gone(launcher, signal.SIGTERM, ports)

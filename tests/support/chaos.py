@@ -47,6 +47,7 @@ SCENARIOS = (
     "lock_wait",
     "graceful_shutdown",
     "leak",
+    "replica_outage",
     "failover_switchover",
     "failover_crash_async",
     "failover_crash_sync",

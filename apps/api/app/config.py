@@ -282,6 +282,34 @@ class DatabaseURL(Rule):
 
 
 @dataclass(frozen=True)
+class ReplicaURLs(Rule):
+    """Comma-separated libpq URLs of streaming replicas, or none; passwords never appear in a sentence."""
+
+    def parse(self, name: str, raw: Any) -> tuple[str, ...]:
+        """Return the URLs in order; raise ValueError naming `name` for one that is not PostgreSQL's."""
+        if isinstance(raw, tuple):
+            return raw
+        urls = tuple(url.strip() for url in _text(raw).split(",") if url.strip())
+        for url in urls:
+            if not url.startswith(("postgresql://", "postgres://")):
+                raise ValueError(
+                    f"{name} lists {redact_url(url)!r}, which is not a postgresql:// URL; list the replicas' URLs,"
+                    " comma-separated."
+                )
+        if len(set(urls)) != len(urls):
+            raise ValueError(f"{name} lists the same replica twice.")
+        return urls
+
+    def describe(self) -> str:
+        """Return what is allowed."""
+        return "empty, or comma-separated `postgresql://` URLs"
+
+    def show(self, value: Any) -> str:
+        """Return the URLs, or empty."""
+        return ", ".join(f"`{url}`" for url in value) if value else "empty"
+
+
+@dataclass(frozen=True)
 class AdminConsoleURL(Rule):
     """An optional libpq URL of PgBouncer's admin console (database `pgbouncer`); its password is never shown."""
 
@@ -365,6 +393,7 @@ CONNECTION = "Every connection"
 SERVER = "gunicorn"
 HTTP = "HTTP"
 SECURITY = "Security"
+REPLICAS = "Read replicas (a smaller pool per replica in each worker)"
 
 
 @dataclass(frozen=True)
@@ -510,6 +539,37 @@ class Settings(BaseSettings):
             "empty: off",
         ),
     ] = ""
+    database_replica_urls: Annotated[
+        tuple[str, ...],
+        NoDecode,
+        ReplicaURLs(),
+        Doc(
+            REPLICAS,
+            "streaming replicas of DATABASE_URL's server, comma-separated; reads that may be a moment stale go"
+            " there, known in health and metrics as `replica1`, `replica2`... in this order (README, Read replicas)",
+            "",
+            "empty: every query goes to the primary",
+        ),
+    ] = ()
+    db_replica_pool_min_connections: Annotated[
+        int, Whole(0), Doc(REPLICAS, "connections kept open to each replica per worker")
+    ] = 1
+    db_replica_pool_max_connections: Annotated[
+        int, Whole(1), Doc(REPLICAS, "most connections one worker holds to each replica")
+    ] = 5
+    db_replica_pool_timeout: Annotated[
+        float, Seconds(), Doc(REPLICAS, "wait for a free replica connection, then read from the primary")
+    ] = 0.5
+    db_replica_max_lag_ms: Annotated[
+        int,
+        Whole(0, unit="ms"),
+        Doc(REPLICAS, "a replica further behind the primary serves no reads (requests without a consistency token)"),
+    ] = 1000
+    db_replica_check_interval_ms: Annotated[
+        int,
+        Whole(10, unit="ms"),
+        Doc(REPLICAS, "how often each worker reads every replica's replay position and the primary's WAL position"),
+    ] = 200
     web_concurrency: Annotated[int, Whole(1), Doc(SERVER, "gunicorn worker processes per host; 2 to 4 per core")] = 2
     gunicorn_threads: Annotated[int, Whole(1), Doc(SERVER, "threads per worker; <= DB_POOL_MAX_CONNECTIONS")] = 8
     gunicorn_timeout: Annotated[
@@ -637,6 +697,12 @@ class Settings(BaseSettings):
                 f"DB_POOL_MIN_CONNECTIONS ({self.db_pool_min_connections}) must not be greater than "
                 f"DB_POOL_MAX_CONNECTIONS ({self.db_pool_max_connections}); lower the first or raise the second."
             )
+        if self.db_replica_pool_min_connections > self.db_replica_pool_max_connections:
+            problems.append(
+                f"DB_REPLICA_POOL_MIN_CONNECTIONS ({self.db_replica_pool_min_connections}) must not be greater than "
+                f"DB_REPLICA_POOL_MAX_CONNECTIONS ({self.db_replica_pool_max_connections}); lower the first or raise"
+                " the second."
+            )
         if self.pgbouncer_admin_url and self.db_pooler != "pgbouncer":
             problems.append(
                 f"PGBOUNCER_ADMIN_URL is set but DB_POOLER is {self.db_pooler}; set DB_POOLER=pgbouncer when the app"
@@ -674,6 +740,14 @@ class Settings(BaseSettings):
     def database_url_redacted(self) -> str:
         """Return DATABASE_URL with its password replaced, safe for logs and replies."""
         return redact_url(self.database_url)
+
+    def replica_targets(self) -> list[tuple[str, str]]:
+        """Return each replica's target name (`replica1`, `replica2`... in DATABASE_REPLICA_URLS' order) and URL.
+
+        The names label the replicas in /api/health/db, the metrics and the logs: short,
+        stable while the list keeps its order, and free of host names and passwords.
+        """
+        return [(f"replica{number}", url) for number, url in enumerate(self.database_replica_urls, start=1)]
 
     def pgbouncer_admin_url_redacted(self) -> str:
         """Return PGBOUNCER_ADMIN_URL with its password replaced, safe for logs and replies."""

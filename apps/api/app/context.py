@@ -15,7 +15,18 @@ from typing import Any
 class RequestState:
     """What one request has done so far: its id, where it went, its pool wait and its user."""
 
-    __slots__ = ("db_deadline", "endpoint", "method", "path", "pool_wait", "request_id", "user_id")
+    __slots__ = (
+        "db_deadline",
+        "endpoint",
+        "method",
+        "path",
+        "pool_wait",
+        "read_after",
+        "request_id",
+        "token_error",
+        "user_id",
+        "wrote_at",
+    )
 
     def __init__(self, environ: dict[str, Any], request_id: str) -> None:
         self.request_id = request_id
@@ -28,6 +39,12 @@ class RequestState:
         # When the request's database time (DB_REQUEST_BUDGET_MS) runs out, on the monotonic
         # clock; set by its first database call.
         self.db_deadline: float | None = None
+        # WAL positions (consistency.py): the client's token, which a replica must have
+        # replayed to serve this request's reads, and where this request's last commit put
+        # the primary (the reply's token). token_error: why the client's token was refused.
+        self.read_after: int | None = None
+        self.wrote_at: int | None = None
+        self.token_error: str | None = None
 
     def __str__(self) -> str:
         """Describe the request for a log line (a leak report names its holder)."""

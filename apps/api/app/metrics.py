@@ -5,9 +5,11 @@ prometheus_client keeps each worker's values in files there, so any worker answe
 /metrics for all of them. Without it (tests, flask run) the values are this process's.
 
 Pool gauges come in two forms: per worker (`pid` label, gone when the worker dies) and
-summed over the live workers. Counters and histograms are summed over every worker that
-ever ran, as Prometheus expects of counters. PgBouncer's figures (PGBOUNCER_ADMIN_URL) are
-read by one worker per host (PoolerPublisher) and exported once, without a pid label.
+summed over the live workers. Every pool figure has a `target` label: `primary`, or
+`replica1`, `replica2`... in the order of DATABASE_REPLICA_URLS (Settings.replica_targets).
+Counters and histograms are summed over every worker that ever ran, as Prometheus expects
+of counters. PgBouncer's figures (PGBOUNCER_ADMIN_URL) are read by one worker per host
+(PoolerPublisher) and exported once, without a pid label.
 """
 
 from __future__ import annotations
@@ -57,6 +59,8 @@ from .pool.base import (
 )
 
 MULTIPROCESS_DIR_VAR = "PROMETHEUS_MULTIPROC_DIR"
+# The target label of the primary's pool; replicas are named by Settings.replica_targets.
+PRIMARY = "primary"
 
 logger = logging.getLogger(__name__)
 
@@ -84,23 +88,25 @@ _GAUGE_STATES = {IN_USE: "in_use", AVAILABLE: "available", TOTAL: "open", MAX_CO
 POOL_WORKER_CONNECTIONS = Gauge(
     "rentals_db_pool_worker_connections",
     "Connections of one worker's pool by state (in_use, available, open, max).",
-    ["state"],
+    ["target", "state"],
     multiprocess_mode="liveall",
 )
 POOL_WORKER_WAITING = Gauge(
     "rentals_db_pool_worker_waiting_requests",
     "Requests of one worker waiting for a connection.",
+    ["target"],
     multiprocess_mode="liveall",
 )
 POOL_CONNECTIONS = Gauge(
     "rentals_db_pool_connections",
     "Connections of all live workers' pools by state (in_use, available, open, max).",
-    ["state"],
+    ["target", "state"],
     multiprocess_mode="livesum",
 )
 POOL_WAITING = Gauge(
     "rentals_db_pool_waiting_requests",
     "Requests of all live workers waiting for a connection.",
+    ["target"],
     multiprocess_mode="livesum",
 )
 
@@ -159,17 +165,31 @@ _POOLER_LIMITS = (pgbouncer.POOL_SIZE, pgbouncer.RESERVE_POOL, pgbouncer.MAX_CLI
 
 # Pool stats key -> counter; each is published as the increase since the last publish.
 POOL_COUNTERS = {
-    ACQUISITIONS: Counter("rentals_db_pool_acquisitions", "Connections handed out by the pools."),
-    TIMEOUTS: Counter("rentals_db_pool_timeouts", "Requests that found no free connection within DB_POOL_TIMEOUT."),
-    REJECTED: Counter("rentals_db_pool_rejected", "Requests turned away because DB_POOL_MAX_WAITING already waited."),
-    CONNECTIONS_OPENED: Counter("rentals_db_pool_opened_connections", "Connections opened to the server."),
-    CONNECTION_ERRORS: Counter("rentals_db_pool_connection_errors", "Failed attempts to open a connection."),
-    DISCARDED: Counter("rentals_db_pool_discarded_connections", "Broken connections closed by the pools."),
-    RECYCLED: Counter("rentals_db_pool_recycled_connections", "Connections closed past DB_POOL_MAX_LIFETIME."),
-    SHRUNK: Counter("rentals_db_pool_shrunk_connections", "Idle connections closed after DB_POOL_IDLE_TIMEOUT."),
-    LEAKS_DETECTED: Counter("rentals_db_pool_leaks_detected", "Connections held past DB_POOL_LEAK_THRESHOLD."),
+    ACQUISITIONS: Counter("rentals_db_pool_acquisitions", "Connections handed out by the pools.", ["target"]),
+    TIMEOUTS: Counter(
+        "rentals_db_pool_timeouts", "Requests that found no free connection within DB_POOL_TIMEOUT.", ["target"]
+    ),
+    REJECTED: Counter(
+        "rentals_db_pool_rejected", "Requests turned away because DB_POOL_MAX_WAITING already waited.", ["target"]
+    ),
+    CONNECTIONS_OPENED: Counter("rentals_db_pool_opened_connections", "Connections opened to the server.", ["target"]),
+    CONNECTION_ERRORS: Counter(
+        "rentals_db_pool_connection_errors", "Failed attempts to open a connection.", ["target"]
+    ),
+    DISCARDED: Counter("rentals_db_pool_discarded_connections", "Broken connections closed by the pools.", ["target"]),
+    RECYCLED: Counter(
+        "rentals_db_pool_recycled_connections", "Connections closed past DB_POOL_MAX_LIFETIME.", ["target"]
+    ),
+    SHRUNK: Counter(
+        "rentals_db_pool_shrunk_connections", "Idle connections closed after DB_POOL_IDLE_TIMEOUT.", ["target"]
+    ),
+    LEAKS_DETECTED: Counter(
+        "rentals_db_pool_leaks_detected", "Connections held past DB_POOL_LEAK_THRESHOLD.", ["target"]
+    ),
     INTERRUPTED: Counter(
-        "rentals_db_pool_interrupted_connections", "Connections cut off while held past their request's deadline."
+        "rentals_db_pool_interrupted_connections",
+        "Connections cut off while held past their request's deadline.",
+        ["target"],
     ),
     GENERATIONS_RETIRED: Counter(
         "rentals_db_pool_retired_generations",
@@ -303,27 +323,71 @@ def exposition() -> tuple[bytes, str]:
 
 
 class PoolPublisher:
-    """Copies one pool's stats into the gauges and counters, and flushes the buffered
-    histograms; the pool's maintenance thread calls it about once a second."""
+    """Copies one pool's stats into the gauges and counters of its target, and flushes the
+    buffered histograms; the pool's maintenance thread calls it about once a second."""
 
-    def __init__(self) -> None:
+    def __init__(self, target: str = PRIMARY) -> None:
+        self.target = target
         self._lock = threading.Lock()
         self._published: dict[str, float] = {}
+        for counter in POOL_COUNTERS.values():
+            counter.labels(target)  # exported from the start, at 0
 
     def __call__(self, stats: dict[str, Any]) -> None:
         """Publish a stats snapshot of this process's pool."""
         flush_all()
+        target = self.target
         with self._lock:
             for key, state in _GAUGE_STATES.items():
-                POOL_WORKER_CONNECTIONS.labels(state).set(stats[key])
-                POOL_CONNECTIONS.labels(state).set(stats[key])
-            POOL_WORKER_WAITING.set(stats[WAITING])
-            POOL_WAITING.set(stats[WAITING])
+                POOL_WORKER_CONNECTIONS.labels(target, state).set(stats[key])
+                POOL_CONNECTIONS.labels(target, state).set(stats[key])
+            POOL_WORKER_WAITING.labels(target).set(stats[WAITING])
+            POOL_WAITING.labels(target).set(stats[WAITING])
             for key, counter in POOL_COUNTERS.items():
                 increase = stats.get(key, 0) - self._published.get(key, 0)
                 if increase > 0:
-                    counter.inc(increase)
+                    counter.labels(target).inc(increase)
                     self._published[key] = stats[key]
+
+
+# A replica as one worker last saw it; `livemin`/`livemax`: the worst view among the host's
+# live workers, so one worker that cannot reach a replica shows.
+REPLICA_UP = Gauge(
+    "rentals_db_replica_up",
+    "1 when this host's workers last reached the replica and found it replaying (in recovery), else 0.",
+    ["target"],
+    multiprocess_mode="livemin",
+)
+REPLICA_LAG_SECONDS = Gauge(
+    "rentals_db_replica_lag_seconds",
+    "How long ago the primary wrote the oldest WAL the replica has not replayed (0 when caught up).",
+    ["target"],
+    multiprocess_mode="livemax",
+)
+REPLICA_LAG_BYTES = Gauge(
+    "rentals_db_replica_lag_bytes",
+    "WAL bytes the primary has written that the replica has not replayed.",
+    ["target"],
+    multiprocess_mode="livemax",
+)
+REPLICA_FALLBACKS = Counter(
+    "rentals_db_replica_fallbacks",
+    "Reads meant for a replica that the primary served, by replica and reason"
+    " (down, busy, lost, conflict: cancelled by a recovery conflict).",
+    ["target", "reason"],
+)
+READS = Counter(
+    "rentals_db_reads",
+    "Reads that could go to a replica (replica_ok), by the target that served them.",
+    ["target"],
+)
+
+
+def publish_replica(target: str, up: bool, lag_seconds: float | None, lag_bytes: int | None) -> None:
+    """Set one replica's gauges from this worker's last check; an unknown lag is NaN."""
+    REPLICA_UP.labels(target).set(1 if up else 0)
+    REPLICA_LAG_SECONDS.labels(target).set(math.nan if lag_seconds is None else lag_seconds)
+    REPLICA_LAG_BYTES.labels(target).set(math.nan if lag_bytes is None else lag_bytes)
 
 
 def publish_pooler(database: str, user: str, figures: dict[str, Any] | None) -> None:
@@ -406,8 +470,8 @@ class PoolerPublisher:
         self.singleton.release()
 
 
-def worker_pool_figures() -> dict[int, dict[str, float]]:
-    """Return the last published pool figures of every live worker on this host, by pid.
+def worker_pool_figures(target: str = PRIMARY) -> dict[int, dict[str, float]]:
+    """Return the last published figures of every live worker's pool of `target` on this host, by pid.
 
     Empty in a single process (no shared folder): the caller uses its own pool's stats.
     """
@@ -418,10 +482,12 @@ def worker_pool_figures() -> dict[int, dict[str, float]]:
     for family in _registry().collect():
         if family.name == "rentals_db_pool_worker_connections":
             for sample in family.samples:
-                workers[int(sample.labels["pid"])][states[sample.labels["state"]]] = sample.value
+                if sample.labels.get("target") == target:
+                    workers[int(sample.labels["pid"])][states[sample.labels["state"]]] = sample.value
         elif family.name == "rentals_db_pool_worker_waiting_requests":
             for sample in family.samples:
-                workers[int(sample.labels["pid"])][WAITING] = sample.value
+                if sample.labels.get("target") == target:
+                    workers[int(sample.labels["pid"])][WAITING] = sample.value
     # A worker that has not published its pool yet (just booted) has only the zero that
     # prometheus_client writes at import; it is left out rather than counted as empty.
     return {pid: figures for pid, figures in workers.items() if MAX_CONNECTIONS in figures}

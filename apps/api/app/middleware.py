@@ -17,11 +17,12 @@ import uuid
 from collections.abc import Callable, Iterable
 from typing import Any
 
-from flask import Flask
+from flask import Flask, request
 
-from . import metrics
+from . import consistency, metrics
 from .config import Settings
 from .context import RequestState, current_request
+from .errors import ValidationError
 from .logs import RequestLog
 from .security import reply_headers
 
@@ -48,12 +49,15 @@ class RequestMiddleware:
         incoming = environ.get("HTTP_X_REQUEST_ID")
         request_id = incoming if incoming and _REQUEST_ID.fullmatch(incoming) else uuid.uuid4().hex
         state = RequestState(environ, request_id)
+        _read_consistency_token(state, environ)
         token = current_request.set(state)
         status = [500]  # an exception escaping the app is a 500 to the client
 
         def start_with_headers(status_line: str, headers: list[tuple[str, str]], exc_info: Any = None) -> Any:
             status[0] = int(status_line[:3])
             headers.append(("X-Request-ID", request_id))
+            if state.wrote_at is not None:
+                headers.append((consistency.HEADER, consistency.format_lsn(state.wrote_at)))
             headers.extend(self.headers)
             return start_response(status_line, headers, exc_info)
 
@@ -70,6 +74,26 @@ class RequestMiddleware:
             self.log(state, status[0], duration)
 
 
+def _read_consistency_token(state: RequestState, environ: dict[str, Any]) -> None:
+    # The reply to a write gave this token; reads of this request then need a replica that
+    # has replayed that far. A malformed one is refused with 400 once Flask runs
+    # (_refuse_bad_token), where errors get their JSON shape.
+    text = environ.get(consistency.ENVIRON_KEY)
+    if text is None:
+        return
+    try:
+        state.read_after = consistency.parse_lsn(text)
+    except ValueError as exc:
+        state.token_error = str(exc)
+
+
+def _refuse_bad_token() -> None:
+    # Flask runs this before it raises a routing error: a 404 or 405 stays what it is.
+    state = current_request.get()
+    if state is not None and state.token_error is not None and request.routing_exception is None:
+        raise ValidationError(state.token_error, code="invalid_consistency_token")
+
+
 def _note_endpoint(endpoint: str | None, values: dict[str, Any] | None) -> None:
     # Flask's url_value_preprocessor hook: the one that is handed the endpoint, right
     # after routing, without a trip through the request proxy.
@@ -81,4 +105,5 @@ def _note_endpoint(endpoint: str | None, values: dict[str, Any] | None) -> None:
 def init_app(app: Flask, settings: Settings) -> None:
     """Wrap the app (outermost, so every reply and error passes through it)."""
     app.url_value_preprocessor(_note_endpoint)
+    app.before_request(_refuse_bad_token)
     app.wsgi_app = RequestMiddleware(app.wsgi_app, reply_headers(settings), RequestLog(settings.log_format))

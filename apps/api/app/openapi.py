@@ -16,6 +16,7 @@ from flask import Blueprint, Flask, Response, current_app, request
 from flask_openapi3 import Info, SecurityScheme, Tag
 
 from .compat.flask_openapi3 import APIBlueprint
+from .consistency import HEADER
 from .errors import error_response
 from .schemas import REQUEST_PARTS, ErrorOut
 
@@ -170,6 +171,37 @@ def _declare_idempotency(app: Flask, paths: dict[str, Any]) -> None:
                     reply.setdefault("headers", {})["Idempotent-Replayed"] = REPLAYED_HEADER
 
 
+CONSISTENCY_PARAMETER = {
+    "name": HEADER,
+    "in": "header",
+    "required": False,
+    "description": f"The {HEADER} of the reply to this client's last write, sent back unchanged: this request's"
+    " reads then see that write. A read replica serves them only once it has replayed the write; until then the"
+    " primary does. Without it, reads may come from a replica up to DB_REPLICA_MAX_LAG_MS behind. A value that is"
+    " not a token gets 400 invalid_consistency_token.",
+    "schema": {"type": "string", "pattern": "^[0-9A-Fa-f]{1,8}/[0-9A-Fa-f]{1,8}$", "example": "16/B374D848"},
+}
+CONSISTENCY_HEADER = {
+    "description": "With read replicas: the primary's WAL position once this request's writes were committed."
+    f" Send it back as {HEADER} on the next requests to read what was written (the read-your-writes token).",
+    "schema": {"type": "string", "example": "16/B374D848"},
+}
+_WRITES = ("post", "put", "patch", "delete")
+
+
+def _declare_consistency(paths: dict[str, Any]) -> None:
+    """Add the X-Consistency-Token parameter (and its 400) to every operation, and the reply header to writes."""
+    for operations in paths.values():
+        for method, operation in operations.items():
+            operation.setdefault("parameters", []).append(CONSISTENCY_PARAMETER)
+            operation["responses"].setdefault("400", _error_reply("Bad request, or invalid_consistency_token"))
+            if method not in _WRITES:
+                continue
+            for status, reply in operation["responses"].items():
+                if status.startswith("2"):
+                    reply.setdefault("headers", {})[HEADER] = CONSISTENCY_HEADER
+
+
 def _declare_body_errors(paths: dict[str, Any]) -> None:
     """Add the replies every operation with a JSON body may give before its view runs: 413 and 415."""
     for operations in paths.values():
@@ -188,5 +220,6 @@ def openapi_json():
         doc["paths"].update(_undocumented_operations(current_app, doc["paths"]))
         _declare_body_errors(doc["paths"])
         _declare_idempotency(current_app, doc["paths"])
+        _declare_consistency(doc["paths"])
         current_app.extensions[EXTENSION] = doc
     return doc

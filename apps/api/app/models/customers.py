@@ -26,13 +26,14 @@ def list_customers(q: str | None, limit: int, cursor: str | None) -> dict[str, A
         " AND (%(after)s::bigint IS NULL OR id > %(after)s)"
         " ORDER BY id LIMIT %(limit)s",
         {"pattern": like_pattern(q), "after": after[0] if after else None, "limit": limit + 1},
+        replica_ok=True,
     )
     return page(rows, limit, "customers", lambda row: (row["id"],))
 
 
 def get_customer(customer_id: int) -> dict[str, Any] | None:
     """Return one customer, or None."""
-    return execute_query_one(f"SELECT {COLUMNS} FROM customers WHERE id = %s", (customer_id,))
+    return execute_query_one(f"SELECT {COLUMNS} FROM customers WHERE id = %s", (customer_id,), replica_ok=True)
 
 
 def _email_taken(email: str | None) -> Conflict:

@@ -86,7 +86,7 @@ SELECT
 
 def get_dashboard() -> dict[str, Any]:
     """Return the dashboard figures, computed by the database in one statement."""
-    row = execute_query_one(DASHBOARD_SQL)
+    row = execute_query_one(DASHBOARD_SQL, replica_ok=True)
     booked, available = row["booked_days"], row["available_days"]
     return {
         "as_of": row["as_of"],

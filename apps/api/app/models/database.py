@@ -44,6 +44,7 @@ from ..capacity import (
     server_capacity,
 )
 from ..config import ConfigError, Settings
+from ..consistency import parse_lsn
 from ..context import request_state
 from ..forking import after_fork_in_child
 from ..pool import (
@@ -57,6 +58,7 @@ from ..pool import (
     ServerReadOnly,
     TooManyRequests,
 )
+from .targets import Replicas, Target, replica_warnings
 
 __all__ = [
     "BudgetExhausted",
@@ -80,6 +82,7 @@ __all__ = [
     "init_app",
     "open_pool",
     "pool_stats",
+    "replica_health",
     "transaction",
 ]
 
@@ -99,6 +102,8 @@ TCP_SETTINGS = {
 }
 
 Params = Sequence[Any] | dict[str, Any] | None
+# A WAL position no replica reaches: a request that must read from the primary.
+NEWEST = 2**64 - 1
 # The server settings every session must run with, by setting name -> the configured value
 # in milliseconds; see session_timeouts().
 SESSION_TIMEOUTS = {
@@ -138,46 +143,64 @@ def _request_owner() -> object:
 
 
 class Database:
-    """Owns this process's pool for one app: made on first use after fork, closed on exit."""
+    """Owns this process's targets for one app: the primary, and the replicas of DATABASE_REPLICA_URLS.
+
+    Each target (targets.Target) holds this process's pool to its server, made on first use
+    after fork and closed on exit; `replicas` knows where each replica stands (None
+    without replicas).
+    """
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.budget = settings.db_request_budget_ms / 1000
         self.statement_timeout_ms = settings.db_statement_timeout_ms
-        self._pool: ConnectionPool | None = None
-        self._lock = threading.Lock()
+        s = settings
+        self.primary = Target(
+            metrics.PRIMARY,
+            s.database_url,
+            s,
+            min_size=s.db_pool_min_connections,
+            max_size=s.db_pool_max_connections,
+            timeout=s.db_pool_timeout,
+            make_pool=self._make_pool,
+            on_tick=self._pooler_tick,
+        )
+        replicas = [
+            Target(
+                name,
+                url,
+                s,
+                min_size=s.db_replica_pool_min_connections,
+                max_size=s.db_replica_pool_max_connections,
+                timeout=s.db_replica_pool_timeout,
+                make_pool=self._make_pool,
+            )
+            for name, url in s.replica_targets()
+        ]
+        self.replicas = Replicas(self.primary, replicas, s) if replicas else None
         self.capacity: dict[str, Any] | None = None
-        self._publish: metrics.PoolPublisher | None = None
         self._pooler: metrics.PoolerPublisher | None = None
-        self._closed_in_pid: int | None = None
+        self._pooler_lock = threading.Lock()
         _databases.add(self)
 
     def _after_fork_in_child(self) -> None:
-        # Another thread may have held the lock at the fork; in the child it never returns.
-        self._lock = threading.Lock()
+        self.primary.after_fork_in_child()
+        self._pooler_lock = threading.Lock()
+        if self.replicas is not None:
+            self.replicas.after_fork_in_child()
 
     def pool(self) -> ConnectionPool:
-        """Return this process's pool, creating and opening it on first use in this process.
+        """Return this process's pool to the primary, creating and opening it on first use in this process.
 
-        Raises PoolClosed once close() ran in this process (gunicorn's worker_exit): a late
-        caller must not open a pool that nobody would close.
+        Starts this process's replica checks too. Raises PoolClosed once close() ran in
+        this process (gunicorn's worker_exit).
         """
-        pool = self._pool
-        if pool is not None and not pool.closed:
-            return pool
-        with self._lock:
-            if self._closed_in_pid == os.getpid():
-                raise PoolClosed("the connection pool is closed")
-            if self._pool is None or self._pool.closed:
-                # None: first use here. Closed: inherited across a fork.
-                self._publish = metrics.PoolPublisher()
-                if self.settings.pgbouncer_admin_url:
-                    self._pooler = metrics.PoolerPublisher(self.settings)
-                self._pool = self._make_pool()
-                self._pool.open()
-            return self._pool
+        pool = self.primary.pool()
+        if self.replicas is not None:
+            self.replicas.start()
+        return pool
 
-    def _make_pool(self) -> ConnectionPool:
+    def _make_pool(self, target: Target) -> ConnectionPool:
         s = self.settings
         connect: dict[str, Any] = {}
         if s.db_pooler == "none":
@@ -186,53 +209,49 @@ class Database:
             # on the role instead (apply_session_timeouts), and check_session_timeouts makes
             # sure they arrive.
             connect["options"] = " ".join(f"-c {name}={ms}" for name, ms in session_timeouts(s).items())
+        suffix = "" if target.name == metrics.PRIMARY else f" {target.name}"
         return POOL_CLASSES[s.db_pool_mode](
-            s.database_url,
-            min_size=s.db_pool_min_connections,
-            max_size=s.db_pool_max_connections,
-            timeout=s.db_pool_timeout,
+            target.url,
+            min_size=target.min_size,
+            max_size=target.max_size,
+            timeout=target.timeout,
             max_waiting=s.db_pool_max_waiting,
             max_lifetime=s.db_pool_max_lifetime,
             idle_timeout=s.db_pool_idle_timeout,
             ping_after=s.db_pool_ping_after,
             leak_threshold=s.db_pool_leak_threshold,
             owner=_request_owner,
-            on_tick=self._tick,
-            check_server=require_writable,
-            name=f"{APPLICATION_NAME}[{os.getpid()}]",
+            on_tick=target.tick,
+            # Only the primary must take writes; a replica is a standby by nature.
+            check_server=require_writable if target.name == metrics.PRIMARY else None,
+            name=f"{APPLICATION_NAME}[{os.getpid()}]{suffix}",
             connect_timeout=s.db_connect_timeout,
             application_name=APPLICATION_NAME,
             **connect,
             **TCP_SETTINGS,
         )
 
-    def _tick(self, stats: dict[str, Any]) -> None:
-        # The pool's maintenance thread, about once a second.
-        if self._publish is not None:
-            self._publish(stats)
-        if self._pooler is not None:
-            self._pooler.tick()
+    def _pooler_tick(self) -> None:
+        # The primary pool's maintenance thread, about once a second: PgBouncer's figures.
+        if not self.settings.pgbouncer_admin_url:
+            return
+        with self._pooler_lock:
+            if self._pooler is None:
+                self._pooler = metrics.PoolerPublisher(self.settings)
+            pooler = self._pooler
+        pooler.tick()
 
     def stats(self) -> dict[str, Any]:
-        """Return this process's pool stats (published to the metrics too), without opening a pool."""
-        pool = self._pool
-        if pool is None or pool.closed or self._publish is None:
-            s = self.settings
-            return POOL_CLASSES[s.db_pool_mode].unopened_stats(
-                s.db_pool_min_connections, s.db_pool_max_connections, s.db_pool_max_waiting
-            )
-        stats = pool.stats()
-        self._publish(stats)
-        return stats
+        """Return this process's primary pool stats (published to the metrics too), without opening a pool."""
+        return self.primary.stats()
 
     def close(self) -> None:
-        """Close this process's pool for good; an inherited one is only forgotten."""
-        with self._lock:
-            pool, self._pool = self._pool, None
+        """Close this process's pools for good (inherited ones are only forgotten), replicas first."""
+        if self.replicas is not None:
+            self.replicas.close()
+        self.primary.close()
+        with self._pooler_lock:
             pooler, self._pooler = self._pooler, None
-            self._closed_in_pid = os.getpid()
-        if pool is not None:
-            pool.close()
         if pooler is not None:
             pooler.close()
 
@@ -267,6 +286,18 @@ def close_pool(app: Flask) -> None:
 def pool_stats(app: Flask | None = None) -> dict[str, Any]:
     """Return this process's pool stats."""
     return _database(app).stats()
+
+
+def replica_health(app: Flask | None = None) -> tuple[list[dict[str, Any]], list[str]] | None:
+    """Return each replica's state, replay position, lag and this worker's pool to it, and the warnings.
+
+    None without replicas.
+    """
+    database = _database(app)
+    if database.replicas is None:
+        return None
+    report = database.replicas.report()
+    return report, replica_warnings(report, database.settings.db_replica_max_lag_ms)
 
 
 def check_capacity(app: Flask) -> dict[str, Any]:
@@ -513,11 +544,87 @@ def _joined_statement(db: Database, cur: Cursor, sql: Any, params: Params, resul
     return value
 
 
-def _read(sql: str, params: Params, one: bool, timeout: float | None) -> Any:
+# SQLSTATEs of a replica query cancelled because replay had to go on: serialization_failure
+# (a snapshot, lock, buffer pin or tablespace conflict) and database_dropped. The same read
+# on the primary cannot meet either.
+RECOVERY_CONFLICTS = frozenset(("40001", "57P04"))
+# Sentinel: the replica could not serve the read, the primary will.
+_FALL_BACK = object()
+
+
+def _read_after() -> int | None:
+    # The WAL position a replica must have replayed to serve this request: the client's
+    # token, or this request's own last commit, whichever is later.
+    state = request_state()
+    if state is None:
+        return None
+    positions = [p for p in (state.read_after, state.wrote_at) if p is not None]
+    return max(positions) if positions else None
+
+
+def _read(sql: str, params: Params, one: bool, timeout: float | None, replica_ok: bool = False) -> Any:
     db = _database()
     joined = _joined.get()
     if joined is not None:
         return _joined_statement(db, joined, sql, params, fetch_one if one else fetch_all)
+    if replica_ok and db.replicas is not None:
+        db.pool()  # the replica checks start with this process's primary pool
+        target = db.replicas.choose(_read_after())
+        if target is not None:
+            rows = _read_on_replica(db, target, sql, params, one)
+            if rows is not _FALL_BACK:
+                metrics.READS.labels(target.name).inc()
+                return rows
+        metrics.READS.labels(metrics.PRIMARY).inc()
+    return _read_on_primary(db, sql, params, one, timeout)
+
+
+def _read_on_replica(db: Database, target: Target, sql: str, params: Params, one: bool) -> Any:
+    """Run a read on a replica; return its rows, or _FALL_BACK when the primary must serve it.
+
+    Falls back when the replica's pool has no free connection within
+    DB_REPLICA_POOL_TIMEOUT, when it cannot be reached or the connection dies (the replica
+    is then taken out of use until its next good check), and when the query is cancelled
+    by a recovery conflict. Other errors (a bad query, a statement timeout) are the read's
+    own and are raised: the primary would answer the same.
+    """
+    replicas = db.replicas
+    try:
+        pool = target.pool()
+        conn = _borrow(db, pool, target.timeout)
+    except BudgetExhausted:
+        raise
+    except (PoolTimeout, TooManyRequests):
+        metrics.REPLICA_FALLBACKS.labels(target.name, "busy").inc()
+        return _FALL_BACK
+    except DatabaseUnavailable as exc:
+        replicas.mark_down(target, str(exc))
+        metrics.REPLICA_FALLBACKS.labels(target.name, "down").inc()
+        return _FALL_BACK
+    lost = False
+    try:
+        started = time.perf_counter()
+        with conn.cursor() as cur:
+            cur.execute(_within_budget(db, sql), params)
+            rows = fetch_one(cur) if one else fetch_all(cur)
+        metrics.QUERY_DURATION_BUFFER.observe(time.perf_counter() - started, "read")
+        return rows
+    except psycopg2.Error as exc:
+        lost = _connection_lost(conn, exc)
+        if lost:
+            replicas.mark_down(target, str(exc).strip())
+            metrics.REPLICA_FALLBACKS.labels(target.name, "lost").inc()
+            return _FALL_BACK
+        if exc.pgcode in RECOVERY_CONFLICTS:
+            logger.info("read cancelled on %s by a recovery conflict, reading from the primary", target.name)
+            metrics.REPLICA_FALLBACKS.labels(target.name, "conflict").inc()
+            return _FALL_BACK
+        raise
+    finally:
+        pool.putconn(conn, discard=lost)
+
+
+def _read_on_primary(db: Database, sql: str, params: Params, one: bool, timeout: float | None) -> Any:
     pool = db.pool()
     for attempt in (1, 2):
         conn = _borrow(db, pool, timeout)
@@ -543,20 +650,58 @@ def _read(sql: str, params: Params, one: bool, timeout: float | None) -> Any:
     raise AssertionError("unreachable")
 
 
-def execute_query(sql: str, params: Params = None, *, timeout: float | None = None) -> list[dict[str, Any]]:
+def execute_query(
+    sql: str, params: Params = None, *, timeout: float | None = None, replica_ok: bool = False
+) -> list[dict[str, Any]]:
     """Run one read in autocommit and return every row as a dict.
 
-    Waits up to `timeout` seconds (default DB_POOL_TIMEOUT) for a connection. Retried once
-    on another connection if the first one turns out dead. Raises DatabaseUnavailable
-    (busy pool, unreachable server, the request's DB_REQUEST_BUDGET_MS spent) and psycopg2
-    errors from the query. Inside a transaction() block it runs in that transaction instead.
+    On the primary: waits up to `timeout` seconds (default DB_POOL_TIMEOUT) for a
+    connection, and is retried once on another connection if the first one turns out dead.
+    `replica_ok=True` says the read may be a moment stale (a list, a single read, the
+    dashboard; never a read that leads to a write): it then goes to a replica that has
+    replayed the request's consistency token (or its own writes) and lags less than
+    DB_REPLICA_MAX_LAG_MS, when there is one; the primary serves it otherwise, and when
+    the replica fails it (see _read_on_replica). Raises DatabaseUnavailable (busy pool,
+    unreachable server, the request's DB_REQUEST_BUDGET_MS spent) and psycopg2 errors from
+    the query. Inside a transaction() block it runs in that transaction instead.
     """
-    return _read(sql, params, False, timeout)
+    return _read(sql, params, False, timeout, replica_ok)
 
 
-def execute_query_one(sql: str, params: Params = None, *, timeout: float | None = None) -> dict[str, Any] | None:
+def execute_query_one(
+    sql: str, params: Params = None, *, timeout: float | None = None, replica_ok: bool = False
+) -> dict[str, Any] | None:
     """Run one read in autocommit and return its first row as a dict, or None (see execute_query)."""
-    return _read(sql, params, True, timeout)
+    return _read(sql, params, True, timeout, replica_ok)
+
+
+# After the commit, on the same connection: the primary's insert position is at or past
+# the end of the commit record, whatever synchronous_commit says (pg_current_wal_lsn(),
+# the written position, may still be short of it with synchronous_commit off).
+_WAL_POSITION = "SELECT pg_current_wal_insert_lsn()::text"
+
+
+def _note_commit(db: Database, conn: PooledConnection) -> None:
+    """Record where this request's commit put the primary's WAL: the reply's consistency token.
+
+    Read after the commit, in a round trip of its own: a position read inside the
+    transaction is the WAL before its commit record, and a replica that has replayed only
+    that far has not replayed the commit. Only in a request, and only with replicas (without
+    them no read could be stale). A failure here does not fail the committed write: the
+    reply then has no token, and the request's later reads go to the primary.
+    """
+    state = request_state()
+    if state is None or db.replicas is None:
+        return
+    try:
+        with conn.cursor() as cur:
+            cur.execute(_WAL_POSITION)
+            position = parse_lsn(cur.fetchone()[0])
+    except psycopg2.Error as exc:
+        logger.warning("could not read the WAL position after a commit, the reply has no token: %s", exc)
+        state.read_after = NEWEST
+        return
+    state.wrote_at = position if state.wrote_at is None else max(state.wrote_at, position)
 
 
 def execute_write(sql: str, params: Params = None) -> Any:
@@ -580,6 +725,7 @@ def execute_write(sql: str, params: Params = None) -> Any:
             cur.execute(_within_budget(db, sql), params)
             result = _write_result(cur)
         metrics.QUERY_DURATION_BUFFER.observe(time.perf_counter() - started, "write")
+        _note_commit(db, conn)
         return result
     except psycopg2.Error as exc:
         lost = _connection_lost(conn, exc)
@@ -625,6 +771,8 @@ def transaction() -> Iterator[Cursor]:
             )
         conn.commit()
         metrics.QUERY_DURATION_BUFFER.observe(time.perf_counter() - started, "transaction")
+        conn.autocommit = True
+        _note_commit(db, conn)
     except BaseException as exc:
         lost = _connection_lost(conn, exc)
         if not lost:

@@ -53,13 +53,14 @@ def list_products(
             "after": after[0] if after else None,
             "limit": limit + 1,
         },
+        replica_ok=True,
     )
     return page(rows, limit, "products", lambda row: (row["id"],))
 
 
 def get_product(product_id: int) -> dict[str, Any] | None:
     """Return one product, or None."""
-    return execute_query_one(f"SELECT {COLUMNS} FROM products WHERE id = %s", (product_id,))
+    return execute_query_one(f"SELECT {COLUMNS} FROM products WHERE id = %s", (product_id,), replica_ok=True)
 
 
 def _sku_taken(sku: str | None) -> Conflict:

@@ -68,13 +68,14 @@ def list_rentals(
             "after_id": after[1] if after else None,
             "limit": limit + 1,
         },
+        replica_ok=True,
     )
     return page(rows, limit, "rentals", lambda row: (row["start_date"], row["id"]))
 
 
 def get_rental(rental_id: int) -> dict[str, Any] | None:
     """Return one rental with its names, or None."""
-    return execute_query_one(f"{_SELECT} FROM rentals r{_JOIN} WHERE r.id = %s", (rental_id,))
+    return execute_query_one(f"{_SELECT} FROM rentals r{_JOIN} WHERE r.id = %s", (rental_id,), replica_ok=True)
 
 
 def create_rental(

@@ -23,6 +23,7 @@ from ..models.database import (
     capacity_info,
     execute_query_one,
     pool_stats,
+    replica_health,
 )
 from ..pool.base import GAUGES
 
@@ -135,7 +136,9 @@ def _server_limits(database: dict[str, Any]) -> tuple[int | None, int | None]:
 def database_health():
     """Report the pools (this worker's, this host's, PgBouncer's), status and advice; 503 when the database is down.
 
-    An unreachable PgBouncer console is reported (a warning), never a failure of its own.
+    An unreachable PgBouncer console is reported (a warning), never a failure of its own;
+    so is a replica that is down or lags (`replicas`: each one's state, replay lag and this
+    worker's pool to it), whose reads the primary serves meanwhile.
     """
     settings: Settings = current_app.config["SETTINGS"]
     # PgBouncer first: its figures say whether the probe may go through it without queueing.
@@ -153,6 +156,9 @@ def database_health():
         + capacity.pool_warnings(settings, all_workers, database)
         + capacity.pooler_warnings(pooler)
     )
+    replicas = replica_health()
+    if replicas is not None:
+        warnings += replicas[1]
     if database["reachable"] is False or database.get("writable") is False:
         status = "error"
     elif warnings:
@@ -170,6 +176,8 @@ def database_health():
     }
     if pooler is not None:
         body["pooler"] = pooler
+    if replicas is not None:
+        body["replicas"] = replicas[0]
     response = jsonify(body)
     if status == "error":
         response.status_code = 503
