@@ -194,8 +194,11 @@ POOL_COUNTERS = {
     GENERATIONS_RETIRED: Counter(
         "rentals_db_pool_retired_generations",
         "Times a pool closed all its connections at once: one failed, or its server stopped taking writes.",
+        ["target"],
     ),
-    RETIRED: Counter("rentals_db_pool_retired_connections", "Connections closed because their generation was retired."),
+    RETIRED: Counter(
+        "rentals_db_pool_retired_connections", "Connections closed because their generation was retired.", ["target"]
+    ),
 }
 
 _FAST_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
