@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 
 .PHONY: run cluster test lint format clean bench bench-profile chaos fuzz
 
-$(STAMP): requirements.txt requirements-dev.txt
+$(STAMP): requirements.txt requirements-granian.txt requirements-dev.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check -r requirements-dev.txt
 	touch $(STAMP)
@@ -23,14 +23,16 @@ cluster: $(STAMP)
 	$(BIN)/python -m devtools.cluster
 
 ## test: lint, format check, import layers and the whole test suite against an embedded PostgreSQL;
-##       installs Debian's pgbouncer and haproxy first when root (their tests are skipped without
-##       them, and fail under CI=true)
+##       installs Debian's pgbouncer, haproxy and prometheus (for promtool) first when root (their
+##       tests are skipped without them, and fail under CI=true). TEST_WORKERS pytest processes share
+##       the files (pytest-xdist), each with its own PostgreSQL; TEST_WORKERS=0 runs them one by one.
+TEST_WORKERS ?= 3
 test: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/lint-imports --no-logo
-	$(BIN)/python -m devtools.debian pgbouncer haproxy
-	$(BIN)/python -m pytest
+	$(BIN)/python -m devtools.debian pgbouncer haproxy promtool
+	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadgroup
 
 BENCH_STAMP := $(VENV)/.bench-installed
 

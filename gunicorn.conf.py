@@ -21,16 +21,25 @@ _own_metrics_dir = not os.environ.get(_METRICS_VAR)
 if _own_metrics_dir:
     os.environ[_METRICS_VAR] = tempfile.mkdtemp(prefix="rentals-metrics-")
 
+
+def _remove_own_metrics_dir() -> None:
+    """Remove the metrics folder if this file made it (at exit, and when a bad setting stops the start)."""
+    if _own_metrics_dir:
+        shutil.rmtree(os.environ[_METRICS_VAR], ignore_errors=True)
+
+
 from gunicorn import glogging  # noqa: E402
 from gunicorn.arbiter import Arbiter  # noqa: E402
 
 from apps.api.app.capacity import Budget  # noqa: E402 (after the metrics folder is set)
-from apps.api.app.config import load_settings  # noqa: E402
+from apps.api.app.config import ConfigError, exit_on_config_error, load_settings  # noqa: E402
 from apps.api.app.logs import logging_config  # noqa: E402
 from apps.api.app.security import reply_headers  # noqa: E402
 from apps.api.server.worker import RequestBufferingWorker  # noqa: E402
 
-_settings = load_settings()
+# A bad setting: its sentence alone and exit status 2 (gunicorn would print a traceback).
+with exit_on_config_error(cleanup=_remove_own_metrics_dir):
+    _settings = load_settings()
 logger = logging.getLogger("gunicorn.error")
 WORKER_BOOT_ERROR = Arbiter.WORKER_BOOT_ERROR
 
@@ -149,10 +158,11 @@ def on_starting(server):
     """Refuse to start with more threads per worker than connections per pool; reset metrics."""
     problem = dataclasses.replace(Budget.from_settings(_settings), threads=server.cfg.threads).threads_above_pool()
     if problem:
-        raise SystemExit(
-            f"{problem}; extra threads would only wait for a connection. "
-            "Lower GUNICORN_THREADS or raise DB_POOL_MAX_CONNECTIONS."
-        )
+        with exit_on_config_error(cleanup=_remove_own_metrics_dir):
+            raise ConfigError(
+                f"{problem}; extra threads would only wait for a connection. "
+                "Lower GUNICORN_THREADS or raise DB_POOL_MAX_CONNECTIONS."
+            )
     for path in Path(os.environ[_METRICS_VAR]).glob("*.db"):
         path.unlink()
 
@@ -196,5 +206,4 @@ def child_exit(server, worker):
 
 def on_exit(server):
     """Remove the metrics folder this file created."""
-    if _own_metrics_dir:
-        shutil.rmtree(os.environ[_METRICS_VAR], ignore_errors=True)
+    _remove_own_metrics_dir()

@@ -18,6 +18,9 @@ TARGET_HELLO = 0.65
 TARGET_PEER = 1.15
 TARGET_NULL = 12.0
 TARGET_DEEP = 1.5
+# Issue 15: the API under granian against FastAPI + asyncpg and against itself under gunicorn.
+TARGET_GRANIAN_PEER = 1.0
+TARGET_GRANIAN_GUNICORN = 1.4
 LOW_C = 16  # ratios are judged from this many connections up
 ERROR_FREE_KINDS = ("customer", "rentals_list", "rentals_deep", "dashboard")
 # Behind PgBouncer: the API's own pool, and null mode (a connection to PgBouncer per use).

@@ -153,9 +153,10 @@ class Bench:
             if spec.behind_pgbouncer:
                 assert self.pooler is not None, "start_pgbouncer() comes before the apps behind it"
                 env["DATABASE_URL"] = self.pooler.url
-            if spec.kind == "peer":
-                # Peers run the API's gunicorn.conf.py settings; give them a metrics folder of
-                # their own so that file does not create one in /tmp per start.
+            if spec.kind == "peer" or spec.server == "granian":
+                # Peers run the API's gunicorn.conf.py settings, and granian's workers make a
+                # folder named after their server: give them one of their own in the run's folder
+                # rather than one in /tmp per start.
                 metrics_dir = self.run_dir / "metrics" / name
                 metrics_dir.mkdir(parents=True, exist_ok=True)
                 env["PROMETHEUS_MULTIPROC_DIR"] = str(metrics_dir)

@@ -105,6 +105,9 @@ def plot_customer(res: Results, path: Path) -> None:
         vs_peer = summary(res.paired("customer", "api", peer))
         if vs_peer:
             parts.append(f"{fmt_ratio(vs_peer[0])} the best peer ({app_label(peer)})")
+        under_granian = summary(res.paired("customer", "api-granian", peer))
+        if under_granian:
+            parts.append(f"under granian {fmt_ratio(under_granian[0])}")
     subtitle = "; ".join(parts) + " (paired medians, 16-256 connections)" if parts else ""
     fig.suptitle(f"{headline}\n{subtitle}\nred x: a point with non-2xx replies or socket errors", fontsize=12)
     _finish(fig, path, res, bottom=0.14)

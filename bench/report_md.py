@@ -17,6 +17,8 @@ from .analysis import (
     POOLED_NULL,
     SCENARIO_LABELS,
     TARGET_DEEP,
+    TARGET_GRANIAN_GUNICORN,
+    TARGET_GRANIAN_PEER,
     TARGET_HELLO,
     TARGET_NULL,
     TARGET_PEER,
@@ -129,6 +131,48 @@ def targets_section(res: Results) -> list[str]:
     ]
     if waiting:
         lines += ["", "Not measured in this run:", ""] + [f"- {line}" for line in waiting]
+    return [*lines, ""]
+
+
+def granian_section(res: Results) -> list[str]:
+    """Return the targets of issue 15 (the API under granian) with the measured figures, or nothing."""
+    if not any(res.series("customer", "api-granian", c) for c in res.connections):
+        return []
+    rows = []
+    for other, target, what in (
+        ("fastapi-asyncpg", TARGET_GRANIAN_PEER, app_label("fastapi-asyncpg")),
+        ("api", TARGET_GRANIAN_GUNICORN, "the API under gunicorn gthread"),
+    ):
+        ratio = summary(res.paired("customer", "api-granian", other))
+        rows.append(
+            [f"API under granian >= {target:g}x {what}", _fmt_summary(ratio), _verdict(ratio and ratio[0], target)]
+        )
+    errors = []
+    worse = []
+    for c in res.connections:
+        non_2xx, _conflicts, sockets = res.error_counts("customer", "api-granian", c)
+        if non_2xx or sockets:
+            errors.append(f"c={c}: {non_2xx} non-2xx, {sockets} socket errors")
+        ours, theirs = res.median("customer", "api-granian", c, "p99_ms"), res.median("customer", "api", c, "p99_ms")
+        if ours is not None and theirs is not None:
+            worse.append((c, ours, theirs))
+    rows.append(
+        [
+            "zero non-2xx and zero socket errors under granian, up to 256 connections",
+            "; ".join(errors) if errors else "**0 and 0** at every point",
+            "met" if not errors else "missed",
+        ]
+    )
+    if worse:
+        rows.append(
+            [
+                "p99 under granian no worse than under gunicorn at the same point",
+                "; ".join(f"c={c}: {ours:.1f} vs {theirs:.1f} ms" for c, ours, theirs in worse),
+                "met" if all(ours <= theirs for _c, ours, theirs in worse) else "missed",
+            ]
+        )
+    lines = ["## Targets (issue 15): the API under granian", ""]
+    lines += _table(["Target", "Measured (paired median over 16-256 connections, range)", "Verdict"], rows, "lll")
     return [*lines, ""]
 
 
@@ -415,11 +459,11 @@ def pool_stats_section(res: Results) -> list[str]:
     if logs:
         workers = res.meta["settings"]["workers"]
         lines += [
-            "## gunicorn worker boots during the run",
+            "## Worker boots during the run",
             "",
-            f"Each app starts {workers} workers; every further boot is a worker gunicorn replaced, here after its "
-            "`max_requests` (the API's gunicorn.conf.py setting, which the peers copy). A replaced worker imports "
-            "its app and opens its pool again while the load runs.",
+            f"Each app starts {workers} workers; every further boot is a worker its server replaced: gunicorn after "
+            "its `max_requests` (the API's gunicorn.conf.py setting, which the peers copy), granian after its "
+            "`--workers-lifetime`. A replaced worker imports its app and opens its pool again while the load runs.",
             "",
             *_table(
                 ["App", "worker boots", "error lines in its log"],
@@ -582,6 +626,7 @@ def render(res: Results, images: list[str]) -> str:
     if res.failed:
         lines += [f"**{len(res.failed)} points failed** (see the end of this report).", ""]
     lines += targets_section(res)
+    lines += granian_section(res)
     lines += ab_section(res)
     for image in images:
         lines += [f"![{image}]({image})", ""]

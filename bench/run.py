@@ -134,14 +134,16 @@ def digest_logs(logs_dir: Path, keep_bytes: int = 50 * 1024 * 1024) -> dict[str,
     """
     digest = {}
     for path in sorted(logs_dir.glob("*.log")):
-        boots = errors = 0
+        boots = pools = errors = 0
         kept: list[str] = []
         tail: list[str] = []
         big = path.stat().st_size > keep_bytes
         with path.open(errors="replace") as log:
             for line in log:
-                if "Booting worker" in line:
-                    boots += 1
+                # gunicorn logs a boot; granian logs its own to stdout (not kept), but the API's
+                # workers log their pool's opening under either server.
+                boots += "Booting worker" in line
+                pools += " opened in pid " in line
                 is_error = any(word in line for word in ("ERROR", "CRITICAL", "WARNING", "Traceback"))
                 errors += "ERROR" in line or "CRITICAL" in line
                 if big:
@@ -153,7 +155,7 @@ def digest_logs(logs_dir: Path, keep_bytes: int = 50 * 1024 * 1024) -> dict[str,
         if big:
             note = f"[bench: log of {path.stat().st_size} bytes cut to its warning/error lines and its last lines]\n"
             path.write_text(note + "".join(kept) + "[bench: last lines]\n" + "".join(tail[-2000:]))
-        digest[path.stem] = {"worker_boots": boots, "error_lines": errors}
+        digest[path.stem] = {"worker_boots": max(boots, pools), "error_lines": errors}
     return digest
 
 

@@ -1,4 +1,6 @@
-"""The apps under test and how each is served: all by gunicorn, gthread, the same workers and threads.
+"""The apps under test and how each is served: by gunicorn, gthread, the same workers and threads,
+except `api-granian` (the API under granian, the README's command, --blocking-threads = the
+threads) and `fastapi-asyncpg` (gunicorn's uvicorn worker: one event loop per worker).
 
 The Rentals API runs exactly as deployed (`gunicorn -c gunicorn.conf.py apps.api.wsgi:app`,
 configured by env vars); each peer runs under bench/peers/gunicorn_peer.conf.py, which
@@ -18,6 +20,7 @@ import sys
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
+from apps.api.server import granian
 from devtools.embedded_pg import free_port
 
 from . import procs
@@ -39,6 +42,9 @@ class AppSpec:
     description: str
     env: dict[str, str] = field(default_factory=dict)
     root: Path = ROOT  # served from here: its code and, for the API, its gunicorn.conf.py
+    # gunicorn (gthread; a peer may name another worker class), or granian (the README's command).
+    server: str = "gunicorn"
+    worker_class: str = "gthread"
 
     @property
     def behind_pgbouncer(self) -> bool:
@@ -56,6 +62,15 @@ APPS: dict[str, AppSpec] = {
             "apps.api.wsgi:app",
             "the project as deployed: its psycopg2 ThreadedConnectionPool wrapper, DB_POOL_MODE=pool",
             {"DB_POOL_MODE": "pool"},
+        ),
+        AppSpec(
+            "api-granian",
+            "Rentals API (pool) under granian",
+            "api",
+            granian.APP_TARGET,
+            "the same app served by granian, the README's command (--blocking-threads = the threads)",
+            {"DB_POOL_MODE": "pool"},
+            server="granian",
         ),
         AppSpec(
             "api-null",
@@ -114,6 +129,15 @@ APPS: dict[str, AppSpec] = {
             {"BENCH_POOL_MIN": "2", "BENCH_POOL_SIZE": "10"},
         ),
         AppSpec(
+            "fastapi-asyncpg",
+            "FastAPI + asyncpg (uvicorn worker)",
+            "peer",
+            "bench.peers.fastapi_asyncpg:app",
+            "asyncpg.create_pool(min_size=10, max_size=10), under gunicorn's uvicorn worker (uvloop, httptools)",
+            {"BENCH_POOL_SIZE": "10"},
+            worker_class="uvicorn.workers.UvicornWorker",
+        ),
+        AppSpec(
             "hello",
             "hello (no database: the ceiling)",
             "peer",
@@ -125,7 +149,7 @@ APPS: dict[str, AppSpec] = {
 
 assert tuple(APPS) == ALL_APPS, "bench/settings.py ALL_APPS must list the apps in this order"
 
-PEERS = ("psycopg2-seeds", "psycopg2-fixed", "sqlalchemy", "psycopg3")
+PEERS = ("psycopg2-seeds", "psycopg2-fixed", "sqlalchemy", "psycopg3", "fastapi-asyncpg")
 
 
 def app_label(name: str) -> str:
@@ -172,6 +196,8 @@ class RunningApp:
 
 def gunicorn_command(spec: AppSpec, settings: BenchSettings, port: int) -> list[str]:
     """Return the argv that serves `spec` (after the interpreter)."""
+    if spec.server == "granian":
+        return granian.command(sys.executable, settings.workers, settings.threads, "127.0.0.1", port)[2:]
     if spec.kind == "api":
         return ["gunicorn", "-c", "gunicorn.conf.py", spec.target]
     return [
@@ -181,7 +207,7 @@ def gunicorn_command(spec: AppSpec, settings: BenchSettings, port: int) -> list[
         "-w",
         str(settings.workers),
         "-k",
-        "gthread",
+        spec.worker_class,
         "--threads",
         str(settings.threads),
         "-b",

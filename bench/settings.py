@@ -26,6 +26,7 @@ BENCH_DIR = ROOT / "bench"
 
 ALL_APPS = (
     "api",
+    "api-granian",
     "api-null",
     "api-pgbouncer",
     "api-pgbouncer-null",
@@ -33,6 +34,7 @@ ALL_APPS = (
     "psycopg2-fixed",
     "sqlalchemy",
     "psycopg3",
+    "fastapi-asyncpg",
     "hello",
 )
 # The API behind one PgBouncer (transaction mode) that the run starts when it measures either.

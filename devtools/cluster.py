@@ -142,7 +142,7 @@ def main() -> int:
                 f"  logs: {bouncer.log_file}, {balancer.log_file}",
             ]
             title = f"Rentals API cluster on {base}  (Ctrl-C stops everything)"
-            print(banner(base, settings.health_api_token, demo, title=title, details=details), flush=True)
+            print(banner(base, settings.health_api_token, demo, target.url, title=title, details=details), flush=True)
             return supervisor.wait()
     except (ProgramUnavailable, RuntimeError, ValueError) as exc:
         print(f"cluster: {exc}", file=sys.stderr, flush=True)

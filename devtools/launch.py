@@ -15,6 +15,7 @@ import http.client
 import json
 import logging
 import os
+import shlex
 import signal
 import subprocess
 import sys
@@ -23,20 +24,42 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager, ExitStack
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
 from urllib.parse import urlsplit, urlunsplit
 
+from apps.api.server import granian
 from devtools.embedded_pg import EmbeddedPostgres
 
 ROOT = Path(__file__).resolve().parent.parent
 # The production command (README), run from ROOT by this virtualenv's Python.
 GUNICORN_COMMAND = [sys.executable, "-m", "gunicorn", "-c", "gunicorn.conf.py", "apps.api.wsgi:app"]
 # gunicorn's graceful_timeout (30 s) plus a margin: past it, its process group is killed.
+# granian's --workers-kill-timeout is the same 30 s.
 GUNICORN_STOP_GRACE = 40
+# `SERVER=granian make run` serves the app with granian (README, Deployment); gunicorn by default.
+SERVERS = ("gunicorn", "granian")
+
+if TYPE_CHECKING:
+    from apps.api.app.config import Settings
 
 logger = logging.getLogger(__name__)
 
 T = TypeVar("T")
+
+
+def server_command(settings: Settings) -> tuple[str, list[str]]:
+    """Return the server SERVER names (gunicorn unless set) and its production command for `settings`.
+
+    Raises RuntimeError naming the choices when SERVER is something else.
+    """
+    server = os.environ.get("SERVER") or "gunicorn"
+    if server not in SERVERS:
+        raise RuntimeError(f"SERVER={server!r} is not one of {', '.join(SERVERS)}")
+    if server == "gunicorn":
+        return server, GUNICORN_COMMAND
+    return server, granian.command(
+        sys.executable, settings.web_concurrency, settings.gunicorn_threads, settings.bind_host, settings.port
+    )
 
 
 def dev_folder() -> Path:
@@ -297,8 +320,14 @@ def _migrate_and_seed(url: str, timeouts_on_role: bool) -> dict | None:
 # -- what the launchers print ---------------------------------------------------------------
 
 
-def banner(base: str, health_token: str, demo: dict | None, *, title: str, details: Sequence[str] = ()) -> str:
-    """Return the lines a launcher prints once it serves on `base`: curl lines and the demo admin's login."""
+def banner(
+    base: str, health_token: str, demo: dict | None, database_url: str, *, title: str, details: Sequence[str] = ()
+) -> str:
+    """Return the lines a launcher prints once it serves on `base`: curl lines and logins.
+
+    The demo admin's login when `demo` is known, and the command that makes an admin of
+    your own on `database_url` (the app's database, whatever port DEV_DB_PORT gave it).
+    """
     lines = [
         "",
         title,
@@ -307,15 +336,18 @@ def banner(base: str, health_token: str, demo: dict | None, *, title: str, detai
         f"  curl -H 'Authorization: Bearer {health_token}' {base}/api/health/db",
         f"  curl -H 'Authorization: Bearer {health_token}' {base}/api/health/db/test",
     ]
-    if not demo:
-        lines += [
-            "No demo login on record; while this runs, make an admin in another terminal:",
-            "  .venv/bin/flask --app apps.api.wsgi users create --email you@example.com --role admin",
-        ]
-    else:
+    if demo:
         lines += [
             f"Demo admin: {demo['email']} / {demo['password']}",
             f"  curl -X POST {base}/api/auth/login -H 'Content-Type: application/json' "
             f"""-d '{{"email": "{demo["email"]}", "password": "{demo["password"]}"}}'""",
         ]
+    else:
+        lines.append("No demo login on record.")
+    lines += [
+        "An admin of your own: while this runs, in another terminal:",
+        # With the URL: the command reads .env.dev otherwise, whose port is DEV_DB_PORT's default.
+        f"  DATABASE_URL={shlex.quote(database_url)} .venv/bin/flask --app apps.api.wsgi users create"
+        " --email you@example.com --role admin",
+    ]
     return "\n".join(lines) + "\n"

@@ -22,7 +22,7 @@ from pytest_postgresql import factories
 
 from apps.api.app import create_app
 from apps.api.app.models import database
-from devtools.debian import HAPROXY, PGBOUNCER
+from devtools.debian import HAPROXY, PGBOUNCER, PROMTOOL
 from devtools.embedded_pg import EmbeddedPostgres
 from devtools.pgbouncer import PgBouncer
 from tests.helpers import (
@@ -39,13 +39,14 @@ from tests.helpers import (
     private_server,
     unavailable_reason,
 )
+from tests.support.gunicorn import SERVERS, AppServer
 from tests.support.replicas import ReplicaPair, replica_pair
 
 
 @pytest.fixture(autouse=True)
 def _debian_programs(request) -> None:
-    """Skip a test marked pgbouncer or haproxy when the program cannot be had (the reason); fail it under CI=true."""
-    for marker, program in (("pgbouncer", PGBOUNCER), ("haproxy", HAPROXY)):
+    """Skip a test marked with a Debian program it cannot have (saying why); fail it under CI=true."""
+    for marker, program in (("pgbouncer", PGBOUNCER), ("haproxy", HAPROXY), ("promtool", PROMTOOL)):
         if request.node.get_closest_marker(marker) is None:
             continue
         reason = unavailable_reason(program)
@@ -63,6 +64,18 @@ def pytest_generate_tests(metafunc) -> None:
     if definition.get_closest_marker("direct_only") is not None:
         return
     metafunc.parametrize("db_route", ["direct", pytest.param("pgbouncer", marks=pytest.mark.pgbouncer)], indirect=True)
+
+
+def pytest_collection_modifyitems(items) -> None:
+    """Keep each test file on one xdist worker (its module fixtures start once), and the chaos files on one together.
+
+    make test runs `pytest -n N --dist loadgroup`: files spread over the workers, but two chaos
+    scenarios never overlap, since each measures outage windows and latencies that a second one's
+    restarts and load would distort. Without -n the groups mean nothing.
+    """
+    for item in items:
+        path = item.nodeid.split("::", 1)[0]
+        item.add_marker(pytest.mark.xdist_group("chaos" if path.startswith("tests/chaos/") else path))
 
 
 @pytest.fixture
@@ -254,6 +267,12 @@ def make_app(database_url: str, route_settings: dict[str, str]):
     yield make
     for app in apps:
         database.close_pool(app)
+
+
+@pytest.fixture(params=SERVERS, ids=str)
+def app_server(request) -> AppServer:
+    """Each server the app runs under: the test runs once under gunicorn, once under granian."""
+    return request.param
 
 
 @pytest.fixture

@@ -107,6 +107,15 @@ def app_config(database_url: str, **overrides: object) -> dict[str, str]:
 DEFAULT_SESSION_TIMEOUTS = database.session_timeouts(load_settings(app_config("postgresql://test@localhost/test"), {}))
 
 
+# The first line of a log record, as text (it starts with the time) or as JSON.
+LOG_RECORD = re.compile(r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d|\{)")
+
+
+def refusal_lines(stderr: str) -> list[str]:
+    """Return what a process wrote to stderr besides log records: for a refused setting, its sentence alone."""
+    return [line for line in stderr.splitlines() if line.strip() and not LOG_RECORD.match(line)]
+
+
 def apply_role_timeouts(direct_url: str, **timeouts: int) -> None:
     """Put the test timeouts (or these) on the URL's role in its database, as `db apply-timeouts` would.
 

@@ -15,7 +15,7 @@ MODULES = sorted(info.name for info in pkgutil.iter_modules(compat.__path__))
 
 
 def test_every_library_the_app_reaches_into_has_its_module():
-    assert MODULES == ["flask_openapi3", "gunicorn", "prometheus_client", "psycopg2_pool"]
+    assert MODULES == ["flask_openapi3", "granian", "gunicorn", "prometheus_client", "psycopg2_pool"]
 
 
 @pytest.mark.parametrize("name", MODULES)

@@ -11,12 +11,14 @@ import json
 import os
 import re
 import signal
+import subprocess
 
 import psutil
 import psycopg2
 import pytest
 
 from devtools.embedded_pg import free_port, service_user
+from devtools.launch import ROOT
 from devtools.services import accepts_connections
 from tests.helpers import wait_until
 from tests.support.launchers import Launcher, gone, run_launcher
@@ -65,17 +67,46 @@ def stop_and_check_everything_gone(launcher: Launcher, signum: int, ports: list[
     assert not [port for port in ports if accepts_connections("127.0.0.1", port)]
 
 
-@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
-def test_make_run_serves_and_a_signal_to_the_launcher_alone_stops_everything(dev_data_dir, tmp_path, signum):
-    settings = {"WEB_CONCURRENCY": "1", "GUNICORN_THREADS": "4"}
+@pytest.mark.parametrize(
+    ("server", "signum"),
+    [("gunicorn", signal.SIGINT), ("gunicorn", signal.SIGTERM), ("granian", signal.SIGINT)],
+    ids=["SIGINT", "SIGTERM", "granian-SIGINT"],
+)
+def test_make_run_serves_and_a_signal_to_the_launcher_alone_stops_everything(dev_data_dir, tmp_path, server, signum):
+    settings = {"WEB_CONCURRENCY": "1", "GUNICORN_THREADS": "4", "SERVER": server}
     with run_launcher("devtools.run_dev", dev_data_dir, tmp_path / "run_dev.log", settings) as launcher:
         assert f"Rentals API on http://127.0.0.1:{launcher.port} " in launcher.output()
         token = log_in(launcher)
         assert request(launcher.port, "GET", "/api/customers?limit=1", token=token)[0] == 200
-        gunicorn = [p for p in launcher.descendants().values() if "gunicorn" in " ".join(p.cmdline())]
-        assert len(gunicorn) == 2  # the master and its worker
+        served_by = [p for p in launcher.descendants().values() if f"-m {server} " in " ".join(p.cmdline())]
+        assert len(served_by) == 2  # the main process and its worker
         stop_and_check_everything_gone(launcher, signum, [launcher.port, int(launcher.env["DEV_DB_PORT"])])
     assert "database stopped" in launcher.output()
+
+
+def test_the_printed_users_create_line_works_with_another_database_port(dev_data_dir, tmp_path):
+    # run_launcher gives DEV_DB_PORT a free port, never .env.dev's 54329.
+    with run_launcher("devtools.run_dev", dev_data_dir, tmp_path / "run_dev.log", {"WEB_CONCURRENCY": "1"}) as launcher:
+        match = re.search(r"^  (\S.*\busers create --email (\S+) --role admin)$", launcher.output(), re.MULTILINE)
+        assert match, launcher.output()[-3000:]
+        line, email = match.groups()
+        # Run as printed, from another terminal: nothing of the launcher's environment but a password.
+        env = {name: value for name, value in os.environ.items() if name not in ("APP_ENV", "DATABASE_URL")}
+        env["NEW_USER_PASSWORD"] = "a-newcomer-password"
+        result = subprocess.run(
+            ["/bin/sh", "-c", line],
+            cwd=ROOT,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            stdin=subprocess.DEVNULL,
+        )
+        assert result.returncode == 0, result.stdout + result.stderr
+        assert f"created admin {email}" in result.stdout
+        login = {"email": email, "password": "a-newcomer-password"}
+        status, body = request(launcher.port, "POST", "/api/auth/login", login)
+        assert status == 200, body
 
 
 @pytest.mark.pgbouncer

@@ -1,4 +1,4 @@
-"""Metrics, health across workers, request ids and JSON logs, under a real 2-worker gunicorn."""
+"""Metrics, health across workers, request ids and JSON logs, under a real 2-worker gunicorn and granian."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ import os
 import re
 import signal
 from concurrent.futures import ThreadPoolExecutor
+from email.message import Message
 
 import pytest
 from prometheus_client import Histogram
@@ -21,13 +22,13 @@ pytestmark = pytest.mark.slow
 FLUSH_SECONDS = 1.5  # a worker's buffered histograms reach the shared files within about a second
 
 
-def request(port: int, path: str, headers: dict[str, str] | None = None) -> tuple[int, dict[str, str], bytes]:
-    """One request on a fresh connection (so the kernel spreads them over the workers)."""
+def request(port: int, path: str, headers: dict[str, str] | None = None) -> tuple[int, Message, bytes]:
+    """One request on a fresh connection (so the kernel spreads them over the workers); header names any case."""
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
     try:
         conn.request("GET", path, headers={"Connection": "close", **(headers or {})})
         response = conn.getresponse()
-        return response.status, dict(response.getheaders()), response.read()
+        return response.status, response.headers, response.read()
     finally:
         conn.close()
 
@@ -54,8 +55,8 @@ def metric_sum(text: str, name: str, **labels: str) -> float:
 
 
 @pytest.fixture
-def server(database_url):
-    process, port = start_gunicorn(database_url, LOG_FORMAT="json", LOG_LEVEL="info")
+def server(app_server, database_url):
+    process, port = app_server.start(database_url, LOG_FORMAT="json", LOG_LEVEL="info")
     output: dict[str, str] = {}
     try:
         yield process, port, output
@@ -119,6 +120,12 @@ def test_a_killed_worker_leaves_the_aggregate(server):
     _, port, _ = server
     pids = worker_pids(port)
     assert len(pids) == 2
+
+    def both_listed() -> bool:
+        body = json.loads(request(port, "/api/health/db", HEALTH_HEADERS)[2])
+        return {w["pid"] for w in body["all_workers"]["workers"]} == pids
+
+    assert wait_until(both_listed, timeout=10, interval=0.2), "the aggregate never listed both workers"
     victim = min(pids)
     os.kill(victim, signal.SIGKILL)
 

@@ -276,6 +276,34 @@ def test_server_down_answers_503_then_the_same_pool_recovers_when_it_returns(hea
             close_pool(app)
 
 
+@pytest.mark.slow
+def test_idle_connections_of_a_stopped_server_are_dropped_then_refilled_without_traffic():
+    # Nobody borrows a connection here: the pool alone must notice the server went away
+    # (DB_POOL_KEEPALIVE_SECONDS) and come back to its minimum once the server returns.
+    with private_server() as server:
+        app = create_app(
+            app_config(
+                server.dsn(), DB_POOL_MIN_CONNECTIONS=4, DB_POOL_MAX_CONNECTIONS=4, DB_POOL_KEEPALIVE_SECONDS=0.2
+            )
+        )
+        try:
+            pool = pool_of(app)
+            before = pool.stats()
+            assert before["total"] == 4
+            time.sleep(1.5)  # a few checks of healthy idle connections
+            assert pool.stats()["discarded"] == 0, "a healthy idle connection was dropped"
+            server.stop()
+            assert wait_until(lambda: pool.stats()["total"] == 0, timeout=5), pool.stats()
+            server.start()
+            assert wait_until(lambda: pool.stats()["total"] == 4, timeout=10), pool.stats()
+            after = pool.stats()
+        finally:
+            close_pool(app)
+    assert after["acquisitions"] == before["acquisitions"], "a borrow happened: the test is not without traffic"
+    assert after["discarded"] == 4
+    assert after["connections_opened"] == 8
+
+
 # -- lifetime, idle shrinking and sizing -------------------------------------------------
 
 

@@ -29,12 +29,14 @@ proc_name = "bench-peer"
 
 
 def post_fork(server, worker):
-    """Open this worker's pool, now that it runs in its own process."""
-    worker.app.wsgi().extensions["bench_pool"].open()
+    """Open this worker's pool, now that it runs in its own process (an ASGI peer opens its own, in its lifespan)."""
+    pool = getattr(worker.app.wsgi(), "extensions", {}).get("bench_pool")
+    if pool is not None:
+        pool.open()
 
 
 def worker_exit(server, worker):
     """Close this worker's pool when the worker stops."""
-    app = getattr(worker, "wsgi", None)
-    if app is not None:
-        app.extensions["bench_pool"].close()
+    pool = getattr(getattr(worker, "wsgi", None), "extensions", {}).get("bench_pool")
+    if pool is not None:
+        pool.close()

@@ -32,7 +32,7 @@ def prepare_database(server) -> str:
     return server.dsn("rentals_chaos")
 
 
-def test_database_restart_under_load_answers_503_and_the_same_workers_recover():
+def test_database_restart_under_load_answers_503_and_the_same_workers_recover(app_server):
     outage = 3.0 if SCALE == 1 else 8.0
     with private_server() as server:
         url = prepare_database(server)
@@ -42,7 +42,7 @@ def test_database_restart_under_load_answers_503_and_the_same_workers_recover():
             world = seed_world(conn)
         finally:
             conn.close()
-        process, port, pids = start_workers(url)
+        process, port, pids = start_workers(url, app_server)
         try:
             rounds = []
             with LoadGenerator(port, world, max_seconds=20 + SCALE * (outage + 6)) as load:
@@ -62,7 +62,7 @@ def test_database_restart_under_load_answers_503_and_the_same_workers_recover():
             output = stop_gunicorn(process)
         assert_clean_replies(replies, log=output)
         assert pids_after == pids, "a worker was replaced"
-        assert output.count("Booting worker") == WORKERS, output[-3000:]
+        assert output.count(app_server.boot_line) == WORKERS, output[-3000:]
         assert "WORKER TIMEOUT" not in output
         assert_failures_only_during(replies, rounds)
         figures: dict[str, Any] = {"outage_seconds": outage, "rounds": []}
@@ -77,4 +77,4 @@ def test_database_restart_under_load_answers_503_and_the_same_workers_recover():
             )
         figures.update(load_figures(url, world, replies))
         figures["same_worker_pids"] = pids_after == pids
-        record("database_restart", figures)
+        record(app_server.scenario("database_restart"), figures)

@@ -12,7 +12,7 @@ import pytest
 from tests.helpers import wait_until
 from tests.support.chaos import SCALE, SCENARIO_TIMEOUT, assert_clean_replies, check_bookings, record, summary
 from tests.support.faults import row_locked, wait_gone, waiting_bookings_of
-from tests.support.gunicorn import WORKERS, start_workers, stop_gunicorn
+from tests.support.gunicorn import WORKERS, AppServer, start_workers, stop_gunicorn
 from tests.support.load import Burst, LoadGenerator, World
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(SCENARIO_TIMEOUT)]
@@ -22,15 +22,17 @@ pytestmark = [pytest.mark.slow, pytest.mark.timeout(SCENARIO_TIMEOUT)]
 HELD_FIRST_DAY = datetime.date(2030, 1, 1)
 
 
-def sigterm_round(database_url: str, admin_conn, world: World, held_product: int, day: int) -> dict[str, Any]:
-    """Start gunicorn, load it, SIGTERM it with requests held in the database; check and return the figures.
+def sigterm_round(
+    server: AppServer, database_url: str, admin_conn, world: World, held_product: int, day: int
+) -> dict[str, Any]:
+    """Start the server, load it, SIGTERM it with requests held in the database; check and return the figures.
 
     The load stops sending 0.3 s before SIGTERM, so every request it sent was accepted by a
     worker by then: gunicorn resets connections still in the kernel's listen queue when it
     stops (see docs/RELIABILITY.md); this test is about the requests the workers hold. One
     more request, sent 0.1 s after SIGTERM, shows what a late client gets.
     """
-    process, port, pids = start_workers(database_url)
+    process, port, pids = start_workers(database_url, server)
     try:
         load = LoadGenerator(port, world, threads=4, max_seconds=30).start()
         try:
@@ -101,13 +103,13 @@ def sigterm_round(database_url: str, admin_conn, world: World, held_product: int
 
 
 def test_sigterm_under_load_finishes_in_flight_requests_and_closes_every_pool(
-    database_url, admin_conn, world, make_product
+    app_server, database_url, admin_conn, world, make_product
 ):
     held_product = make_product()["id"]  # booked only by the held requests, never by the load
-    rounds = [sigterm_round(database_url, admin_conn, world, held_product, 10 * n) for n in range(SCALE)]
+    rounds = [sigterm_round(app_server, database_url, admin_conn, world, held_product, 10 * n) for n in range(SCALE)]
     replies = [r for figures in rounds for r in figures.pop("replies")]
     record(
-        "graceful_shutdown",
+        app_server.scenario("graceful_shutdown"),
         {
             "rounds": rounds,
             "replies": summary(replies),

@@ -39,6 +39,7 @@ DATABASE_CODES = {"database_unavailable", "database_timeout", "database_busy", "
 # The report lists the scenarios in this order (docs/RELIABILITY.md's), whichever file ran first.
 SCENARIOS = (
     "database_restart",
+    "database_restart_granian",
     "pgbouncer_restart",
     "backends_killed",
     "overload_gunicorn",
@@ -46,6 +47,8 @@ SCENARIOS = (
     "slow_query",
     "lock_wait",
     "graceful_shutdown",
+    "graceful_shutdown_granian",
+    "granian_recycle",
     "leak",
     "replica_outage",
     "failover_switchover",

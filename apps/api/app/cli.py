@@ -18,7 +18,21 @@ from .schemas import Email
 
 MIN_PASSWORD_LENGTH = 10
 
-db_cli = AppGroup("db", help="Database schema and data.")
+
+class CommandGroup(AppGroup):
+    """A command group whose commands end with a sentence, not a traceback, when the database cannot serve them."""
+
+    def invoke(self, ctx: click.Context) -> object:
+        """Run the subcommand; turn DatabaseUnavailable into a one-line error and exit status 1."""
+        try:
+            return super().invoke(ctx)
+        except database.DatabaseUnavailable as exc:
+            raise click.ClickException(
+                f"the database cannot serve this command ({exc}); check that PostgreSQL runs where DATABASE_URL points"
+            ) from None
+
+
+db_cli = CommandGroup("db", help="Database schema and data.")
 
 
 @db_cli.command("upgrade")
@@ -86,7 +100,7 @@ def demo_command() -> None:
         click.echo(f"demo admin: {created['email']} / {created['password']}")
 
 
-users_cli = AppGroup("users", help="Staff accounts.")
+users_cli = CommandGroup("users", help="Staff accounts.")
 
 
 def _read_password() -> str:

@@ -13,10 +13,12 @@ is never loaded.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import re
-from collections.abc import Mapping
+import sys
+from collections.abc import Callable, Iterator, Mapping
 from contextvars import ContextVar
 from dataclasses import dataclass
 from pathlib import Path
@@ -51,6 +53,28 @@ GENERATE_SECRET = "python -c 'import secrets; print(secrets.token_urlsafe(32))'"
 
 class ConfigError(ValueError):
     """A setting is missing or has a value the API cannot run with."""
+
+
+# The exit status of a process refused for its configuration: a usage error, as click's.
+CONFIG_ERROR_EXIT_STATUS = 2
+
+
+@contextlib.contextmanager
+def exit_on_config_error(cleanup: Callable[[], object] | None = None) -> Iterator[None]:
+    """Run the block; a ConfigError raised in it ends the process: its sentence on stderr, exit status 2.
+
+    For the entry points a person starts (gunicorn.conf.py, apps/api/wsgi.py under flask):
+    the sentence names the setting and the fix, and a traceback would only bury it.
+    `cleanup` runs first, for what the process made before it read its settings.
+    """
+    try:
+        yield
+    except ConfigError as exc:
+        if cleanup is not None:
+            cleanup()
+        sys.stderr.write(f"{exc}\n")
+        sys.stderr.flush()
+        raise SystemExit(CONFIG_ERROR_EXIT_STATUS) from None
 
 
 # -- rules: how a value is read, what it may be, and the sentence a bad one gets ---------------
@@ -499,6 +523,15 @@ class Settings(BaseSettings):
     db_pool_ping_after: Annotated[
         float, Seconds(positive=False), Doc(POOL, "ping a connection idle this long before use; 0 pings every time")
     ] = 30
+    db_pool_keepalive_seconds: Annotated[
+        float,
+        Seconds(positive=False),
+        Doc(
+            POOL,
+            "idle connections unused this long are checked in the background, without a round trip, for a"
+            " socket the server closed; closed ones are dropped and the pool refills to its minimum; 0: off",
+        ),
+    ] = 5
     db_pool_leak_threshold: Annotated[
         float, Seconds(), Doc(POOL, "log a connection held this long as a possible leak")
     ] = 30
@@ -518,6 +551,15 @@ class Settings(BaseSettings):
         int, Whole(0, unit="ms"), Doc(CONNECTION, "lock waits fail after this (503); 0: no limit")
     ] = 5000
     db_retry_after: Annotated[int, Whole(1, unit="s"), Doc(CONNECTION, "`Retry-After` on every 503")] = 2
+    db_probe_interval_seconds: Annotated[
+        float,
+        Seconds(),
+        Doc(
+            CONNECTION,
+            "one worker per host connects and runs `SELECT 1` this often, traffic or not:"
+            " `rentals_database_up` and the RentalsDatabaseDown alert",
+        ),
+    ] = 5
     db_pooler: Annotated[
         str,
         Choice(POOLERS),
@@ -539,6 +581,12 @@ class Settings(BaseSettings):
             "empty: off",
         ),
     ] = ""
+    web_concurrency: Annotated[
+        int, Whole(1), Doc(SERVER, "worker processes per host (granian: its --workers wins); 2 to 4 per core")
+    ] = 2
+    gunicorn_threads: Annotated[
+        int, Whole(1), Doc(SERVER, "threads per worker (granian: --blocking-threads wins); <= DB_POOL_MAX_CONNECTIONS")
+    ] = 8
     database_replica_urls: Annotated[
         tuple[str, ...],
         NoDecode,
@@ -570,8 +618,6 @@ class Settings(BaseSettings):
         Whole(10, unit="ms"),
         Doc(REPLICAS, "how often each worker reads every replica's replay position and the primary's WAL position"),
     ] = 200
-    web_concurrency: Annotated[int, Whole(1), Doc(SERVER, "gunicorn worker processes per host; 2 to 4 per core")] = 2
-    gunicorn_threads: Annotated[int, Whole(1), Doc(SERVER, "threads per worker; <= DB_POOL_MAX_CONNECTIONS")] = 8
     gunicorn_timeout: Annotated[
         int,
         Whole(1, unit="s"),

@@ -1,19 +1,23 @@
 """Prometheus metrics for every gunicorn worker of this host, and the pool figures of each.
 
-With PROMETHEUS_MULTIPROC_DIR set (gunicorn.conf.py sets it up before the workers start),
+With PROMETHEUS_MULTIPROC_DIR set (gunicorn.conf.py sets it up before the workers start;
+under granian the first worker does, apps/api/server/granian.py),
 prometheus_client keeps each worker's values in files there, so any worker answers
 /metrics for all of them. Without it (tests, flask run) the values are this process's.
 
 Pool gauges come in two forms: per worker (`pid` label, gone when the worker dies) and
-summed over the live workers. Every pool figure has a `target` label: `primary`, or
+summed over the live workers (a dead worker's are dropped by gunicorn's child_exit, or under
+granian when the metrics are read). Every pool figure has a `target` label: `primary`, or
 `replica1`, `replica2`... in the order of DATABASE_REPLICA_URLS (Settings.replica_targets).
 Counters and histograms are summed over every worker that ever ran, as Prometheus expects
-of counters. PgBouncer's figures (PGBOUNCER_ADMIN_URL) are read by one worker per host
-(PoolerPublisher) and exported once, without a pid label.
+of counters. PgBouncer's figures (PGBOUNCER_ADMIN_URL) and the database probe
+(rentals_database_up, one series per target) are each the work of one worker per host
+(PoolerPublisher, DatabaseProbe) and exported once, without a pid label.
 """
 
 from __future__ import annotations
 
+import glob
 import logging
 import math
 import os
@@ -21,8 +25,10 @@ import threading
 import time
 from bisect import bisect_left
 from collections import defaultdict
+from collections.abc import Mapping
 from typing import Any
 
+import psutil
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
     REGISTRY,
@@ -31,13 +37,14 @@ from prometheus_client import (
     Gauge,
     Histogram,
     generate_latest,
+    multiprocess,
 )
 
-from . import pgbouncer
+from . import pgbouncer, probe
 from .compat.prometheus_client import SizedFilesCollector, add_observations, bucket_bounds, use_process_identifier
 from .config import Settings
 from .forking import after_fork_in_child
-from .host_singleton import HostSingleton
+from .host_singleton import HostJob
 from .pool.base import (
     ACQUISITIONS,
     AVAILABLE,
@@ -162,6 +169,25 @@ _POOLER_SERVER_STATES = {f"sv_{state}": state for state in ("active", "idle", "u
 _POOLER_AVERAGES = {"avg_wait_time_ms": "wait", "avg_query_time_ms": "query", "avg_xact_time_ms": "transaction"}
 _POOLER_RATES = {"avg_xact_count": "transactions", "avg_query_count": "queries"}
 _POOLER_LIMITS = (pgbouncer.POOL_SIZE, pgbouncer.RESERVE_POOL, pgbouncer.MAX_CLIENT_CONN, pgbouncer.MAX_DB_CONNECTIONS)
+
+# Whether each database target answers, from one probe per host every DB_PROBE_INTERVAL_SECONDS
+# (DatabaseProbe; `pgbouncer` from PoolerPublisher's read of its console). `livemostrecent`,
+# like the PgBouncer gauges: one series per host and target, the prober's latest value; the
+# values leave with a dead prober's file (child_exit), and its successor's are newer.
+PRIMARY = "primary"
+PGBOUNCER = "pgbouncer"
+DATABASE_UP = Gauge(
+    "rentals_database_up",
+    "1 when this host's last probe of the target answered, else 0.",
+    ["target"],
+    multiprocess_mode="livemostrecent",
+)
+DATABASE_PROBE_SECONDS = Gauge(
+    "rentals_database_probe_seconds",
+    "How long this host's last probe of the target took, answered or not.",
+    ["target"],
+    multiprocess_mode="livemostrecent",
+)
 
 # Pool stats key -> counter; each is published as the increase since the last publish.
 POOL_COUNTERS = {
@@ -309,9 +335,45 @@ def multiprocess_dir() -> str | None:
     return os.environ.get(MULTIPROCESS_DIR_VAR) or None
 
 
+# Set under a server that does not tell when a worker dies (granian: apps/api/server/granian.py).
+_forget_dead_workers = [False]
+
+
+def forget_dead_workers_when_read() -> None:
+    """Drop the live gauges of dead workers whenever this process reads the metrics (forget_dead_workers)."""
+    _forget_dead_workers[0] = True
+
+
+def forget_dead_workers() -> None:
+    """Drop the live gauges of every worker of this host that no longer runs.
+
+    gunicorn's master does it when a worker exits (child_exit); a server without such a
+    hook leaves the files of a killed worker behind. A worker is one of this process's
+    siblings (the same parent), so a pid reused by an unrelated process counts as dead.
+    """
+    folder = multiprocess_dir()
+    if folder is None:
+        return
+    pids = set()
+    for path in glob.glob(os.path.join(folder, "gauge_live*_*.db")):
+        pid = os.path.basename(path)[: -len(".db")].rsplit("_", 1)[1]
+        if pid.isdigit():
+            pids.add(int(pid))
+    parent = os.getppid()
+    for pid in pids:
+        try:
+            alive = psutil.Process(pid).ppid() == parent
+        except psutil.Error:
+            alive = False
+        if not alive:
+            multiprocess.mark_process_dead(pid, folder)
+
+
 def _registry() -> CollectorRegistry:
     if multiprocess_dir() is None:
         return REGISTRY
+    if _forget_dead_workers[0]:
+        forget_dead_workers()
     registry = CollectorRegistry()
     # Skips files a booting or killed worker left unsized: /metrics and /api/health/db
     # must answer whatever state the other workers are in.
@@ -413,64 +475,120 @@ def publish_pooler(database: str, user: str, figures: dict[str, Any] | None) -> 
         POOLER_LIMIT.labels(database, user, key).set(limits.get(key, unknown))
 
 
+def _lock_path(name: str) -> str | None:
+    # A lock file in the metrics folder that the host's workers share; None in a single process.
+    folder = multiprocess_dir()
+    return os.path.join(folder, name) if folder else None
+
+
+def publish_probe(target: str, up: bool, seconds: float) -> None:
+    """Set rentals_database_up and rentals_database_probe_seconds of `target`."""
+    DATABASE_UP.labels(target).set(1 if up else 0)
+    DATABASE_PROBE_SECONDS.labels(target).set(seconds)
+
+
 # Lock file in the metrics folder: its holder is the worker that reads PgBouncer for the host.
 POOLER_PROBE_LOCK = "pgbouncer-probe.lock"
-# How often the host's figures are read; the first read comes at the first tick.
-POOLER_PROBE_INTERVAL = 5.0
 
 
 class PoolerPublisher:
     """Reads PgBouncer's figures for this host and sets the PgBouncer gauges, from one worker per host.
 
     Every worker's pool maintenance thread calls `tick()` about once a second; only the worker
-    holding the host's lock (HostSingleton on POOLER_PROBE_LOCK in the metrics folder; without
-    a folder, this process) reads, every POOLER_PROBE_INTERVAL seconds, in a thread of its own:
-    an unreachable console holds that thread for up to pgbouncer.CONNECT_TIMEOUT, never the
-    pool's maintenance. When the reader dies, the kernel frees the lock and the next worker to
-    tick takes over and reads at once.
+    holding the host's lock (a HostJob on POOLER_PROBE_LOCK in the metrics folder; without a
+    folder, this process) reads, every DB_PROBE_INTERVAL_SECONDS, in a thread of its own: an
+    unreachable console holds that thread for up to pgbouncer.CONNECT_TIMEOUT, never the
+    pool's maintenance. When the reader dies, the next worker to tick takes over and reads at
+    once. The read also answers for the `pgbouncer` target of rentals_database_up.
     """
 
     def __init__(self, settings: Settings) -> None:
         self._settings = settings
         self._database, self._user = pgbouncer.our_pool(settings.database_url)
-        folder = multiprocess_dir()
-        self.singleton = HostSingleton(os.path.join(folder, POOLER_PROBE_LOCK) if folder else None)
-        self._next_read = 0.0
-        self._reading = threading.Lock()
+        self._job = HostJob(
+            _lock_path(POOLER_PROBE_LOCK),
+            settings.db_probe_interval_seconds,
+            self._read,
+            "pgbouncer-probe",
+            "worker %s reads PgBouncer's figures for this host",
+        )
         self._failing = False
 
     def tick(self) -> None:
         """Start a read in the background if this worker reads for the host and one is due; never blocks."""
-        now = time.monotonic()
-        if now < self._next_read or self._reading.locked():
-            return
-        was_reader = self.singleton.held
-        if not self.singleton.acquire():
-            return
-        if not was_reader:
-            logger.info("worker %s reads PgBouncer's figures for this host", os.getpid())
-        self._next_read = now + POOLER_PROBE_INTERVAL
-        threading.Thread(target=self._read, name="pgbouncer-probe", daemon=True).start()
+        self._job.tick()
 
     def _read(self) -> None:
-        with self._reading:
-            try:
-                figures = pgbouncer.read_figures(self._settings)
-            except pgbouncer.PoolerUnreachable as exc:
-                if not self._failing:  # once per outage, not every few seconds
-                    logger.warning("cannot read PgBouncer's figures for the metrics: %s", exc)
-                self._failing = True
-                publish_pooler(self._database, self._user, None)
-                return
-            if self._failing:
-                logger.info("PgBouncer's figures can be read again")
-            self._failing = False
-            publish_pooler(self._database, self._user, figures)
+        started = time.monotonic()
+        try:
+            figures = pgbouncer.read_figures(self._settings)
+        except pgbouncer.PoolerUnreachable as exc:
+            if not self._failing:  # once per outage, not every few seconds
+                logger.warning("cannot read PgBouncer's figures for the metrics: %s", exc)
+            self._failing = True
+            publish_pooler(self._database, self._user, None)
+            publish_probe(PGBOUNCER, False, time.monotonic() - started)
+            return
+        if self._failing:
+            logger.info("PgBouncer's figures can be read again")
+        self._failing = False
+        publish_pooler(self._database, self._user, figures)
+        publish_probe(PGBOUNCER, True, time.monotonic() - started)
 
     def close(self) -> None:
         """Stop reading for the host and let another process take over."""
-        self._next_read = math.inf
-        self.singleton.release()
+        self._job.close()
+
+
+# Lock file in the metrics folder: its holder is the worker that probes the database for the host.
+DATABASE_PROBE_LOCK = "database-probe.lock"
+
+
+class DatabaseProbe:
+    """Probes each database target for this host (probe.probe: connect, SELECT 1) and sets rentals_database_up.
+
+    One worker per host probes, every DB_PROBE_INTERVAL_SECONDS, whether requests come or
+    not; the others only tick (a HostJob on DATABASE_PROBE_LOCK, as PoolerPublisher). Each
+    probe is bounded by DB_CONNECT_TIMEOUT, the wait the pool itself grants a connect, so
+    the result is at most an interval plus that old. `targets` maps a target's name
+    (`primary`, later one per replica) to its libpq URL; they are probed one after another.
+    """
+
+    def __init__(self, settings: Settings, targets: Mapping[str, str]) -> None:
+        self._targets = dict(targets)
+        self._timeout = settings.db_connect_timeout
+        self._job = HostJob(
+            _lock_path(DATABASE_PROBE_LOCK),
+            settings.db_probe_interval_seconds,
+            self._probe_all,
+            "database-probe",
+            "worker %s probes the database for this host",
+        )
+        self._failing: set[str] = set()
+
+    def tick(self) -> None:
+        """Start the probes in the background if this worker probes for the host and they are due; never blocks."""
+        self._job.tick()
+
+    def _probe_all(self) -> None:
+        for target, dsn in self._targets.items():
+            started = time.monotonic()
+            try:
+                seconds = probe.probe(dsn, self._timeout)
+            except probe.TargetUnreachable as exc:
+                if target not in self._failing:  # once per outage, not every few seconds
+                    logger.warning("database probe: %s does not answer: %s", target, exc)
+                self._failing.add(target)
+                publish_probe(target, False, time.monotonic() - started)
+                continue
+            if target in self._failing:
+                logger.info("database probe: %s answers again", target)
+            self._failing.discard(target)
+            publish_probe(target, True, seconds)
+
+    def close(self) -> None:
+        """Probe no more (waiting for a probe under way), and let another process take over."""
+        self._job.close(wait=self._timeout)
 
 
 def worker_pool_figures(target: str = PRIMARY) -> dict[int, dict[str, float]]:
@@ -494,3 +612,20 @@ def worker_pool_figures(target: str = PRIMARY) -> dict[int, dict[str, float]]:
     # A worker that has not published its pool yet (just booted) has only the zero that
     # prometheus_client writes at import; it is left out rather than counted as empty.
     return {pid: figures for pid, figures in workers.items() if MAX_CONNECTIONS in figures}
+
+
+def database_probe_results() -> dict[str, dict[str, Any]]:
+    """Return this host's last probe of each target: {target: {"up": bool, "seconds": float}}.
+
+    Empty before the first probe (and where no worker probes).
+    """
+    results: dict[str, dict[str, Any]] = defaultdict(dict)
+    fields = {"rentals_database_up": "up", "rentals_database_probe_seconds": "seconds"}
+    for family in _registry().collect():
+        field = fields.get(family.name)
+        if field is None:
+            continue
+        for sample in family.samples:
+            value = sample.value == 1 if field == "up" else round(sample.value, 4)
+            results[sample.labels["target"]][field] = value
+    return dict(results)

@@ -1,1 +1,1 @@
-"""The serving layer: what runs the app under gunicorn, outside the Flask app package."""
+"""The serving layer, outside the Flask app package: gunicorn's worker class and what runs the app under granian."""

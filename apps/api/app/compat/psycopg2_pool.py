@@ -11,11 +11,14 @@ What psycopg2's pool does, and why we reach into it:
   exactly as psycopg2's own `_connect` does once it has a connection.
 - `putconn()` keeps a returned connection only while fewer than `minconn` are idle and
   closes it otherwise; the pool sets `minconn` after construction to choose what it keeps.
+- The idle connections are the list `_pool`, oldest first; `drop_idle` takes some out of
+  it under the lock, for the pool's keepalive check.
 """
 
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 
 from psycopg2.extensions import TRANSACTION_STATUS_IDLE
 from psycopg2.pool import PoolError, ThreadedConnectionPool
@@ -60,6 +63,21 @@ class CorePool(ThreadedConnectionPool):
         """Pop an idle connection; raise NoIdleConnection when there is none."""
         return self.getconn()
 
+    def drop_idle(self, pick: Callable[[list[object]], list[object]]) -> list[object]:
+        """Remove the idle connections `pick` chooses among them (oldest first) and return them, unclosed.
+
+        `pick` runs under the pool's lock, which every borrow and return takes: while it
+        runs, no idle connection can be handed out, and it must not block. Raises PoolError
+        once the pool is closed.
+        """
+        with self._lock:
+            if self.closed:
+                raise PoolError("connection pool is closed")
+            picked = pick(list(self._pool))
+            for conn in picked:
+                self._pool.remove(conn)
+        return picked
+
     def getconn_with(self, conn: object) -> tuple[object, object | None]:
         """Register `conn` (opened by the caller) and return it, with None.
 
@@ -101,3 +119,6 @@ def verify() -> None:
     require(got is stub and unused is None, DISTRIBUTION, "a getconn that registers what _connect returns")
     core.putconn(stub)
     require(core.getconn_idle() is stub, DISTRIBUTION, "a putconn that keeps up to minconn idle connections")
+    core.putconn(stub)
+    require(core.drop_idle(lambda idle: idle) == [stub], DISTRIBUTION, "idle connections kept in a list, _pool")
+    require(core.drop_idle(lambda idle: idle) == [], DISTRIBUTION, "a _pool that forgets what is taken from it")

@@ -163,7 +163,7 @@ class Database:
             max_size=s.db_pool_max_connections,
             timeout=s.db_pool_timeout,
             make_pool=self._make_pool,
-            on_tick=self._pooler_tick,
+            on_tick=self._host_tick,
         )
         replicas = [
             Target(
@@ -180,12 +180,17 @@ class Database:
         self.replicas = Replicas(self.primary, replicas, s) if replicas else None
         self.capacity: dict[str, Any] | None = None
         self._pooler: metrics.PoolerPublisher | None = None
-        self._pooler_lock = threading.Lock()
+        self._probe: metrics.DatabaseProbe | None = None
+        self._host_lock = threading.Lock()
+        self._host_closed = False
         _databases.add(self)
 
     def _after_fork_in_child(self) -> None:
         self.primary.after_fork_in_child()
-        self._pooler_lock = threading.Lock()
+        # Another thread may have held the lock at the fork; the parent's probe and reader are its own.
+        self._host_lock = threading.Lock()
+        self._probe = self._pooler = None
+        self._host_closed = False
         if self.replicas is not None:
             self.replicas.after_fork_in_child()
 
@@ -219,6 +224,7 @@ class Database:
             max_lifetime=s.db_pool_max_lifetime,
             idle_timeout=s.db_pool_idle_timeout,
             ping_after=s.db_pool_ping_after,
+            keepalive=s.db_pool_keepalive_seconds,
             leak_threshold=s.db_pool_leak_threshold,
             owner=_request_owner,
             on_tick=target.tick,
@@ -231,15 +237,24 @@ class Database:
             **TCP_SETTINGS,
         )
 
-    def _pooler_tick(self) -> None:
-        # The primary pool's maintenance thread, about once a second: PgBouncer's figures.
-        if not self.settings.pgbouncer_admin_url:
-            return
-        with self._pooler_lock:
-            if self._pooler is None:
-                self._pooler = metrics.PoolerPublisher(self.settings)
-            pooler = self._pooler
-        pooler.tick()
+    def probe_targets(self) -> dict[str, str]:
+        """Return the databases the host's probe asks whether they answer, by target name: URL."""
+        return {metrics.PRIMARY: self.settings.database_url, **dict(self.settings.replica_targets())}
+
+    def _host_tick(self) -> None:
+        # The primary pool's maintenance thread, about once a second: the work one worker per host
+        # does (the database probe, PgBouncer's figures); the other workers' ticks return at once.
+        with self._host_lock:
+            if self._host_closed:
+                return
+            if self._probe is None:
+                self._probe = metrics.DatabaseProbe(self.settings, self.probe_targets())
+                if self.settings.pgbouncer_admin_url:
+                    self._pooler = metrics.PoolerPublisher(self.settings)
+            prober, pooler = self._probe, self._pooler
+        prober.tick()
+        if pooler is not None:
+            pooler.tick()
 
     def stats(self) -> dict[str, Any]:
         """Return this process's primary pool stats (published to the metrics too), without opening a pool."""
@@ -250,10 +265,14 @@ class Database:
         if self.replicas is not None:
             self.replicas.close()
         self.primary.close()
-        with self._pooler_lock:
+        with self._host_lock:
             pooler, self._pooler = self._pooler, None
+            prober, self._probe = self._probe, None
+            self._host_closed = True
         if pooler is not None:
             pooler.close()
+        if prober is not None:
+            prober.close()
 
 
 def init_app(app: Flask, settings: Settings) -> None:

@@ -23,6 +23,7 @@ import contextlib
 import logging
 import os
 import random
+import select
 import socket
 import threading
 import time
@@ -81,6 +82,9 @@ LIFETIME_JITTER = 0.1
 # How long past its deadline a borrower may still hold a connection before it is cut off:
 # the server's own statement timeout (set to what the deadline leaves) answers first.
 DEADLINE_GRACE = 0.25
+# How many times the keepalive check reads an idle socket that has something to read: the
+# server's goodbye is a FATAL notice, then the end of the stream.
+GOODBYE_READS = 3
 
 
 class PooledConnection(psycopg2.extensions.connection):
@@ -91,6 +95,7 @@ class PooledConnection(psycopg2.extensions.connection):
         now = time.monotonic()
         self.pool_created_at = now
         self.pool_last_used = now
+        self.pool_checked_at = now  # the keepalive check's last look at it while idle
         self.pool_expires_at: float | None = None  # set when the pool adopts it
         self.pool_generation = 0  # set when opened by the pool
         # Reads run one statement each; a transaction is asked for explicitly.
@@ -124,16 +129,45 @@ def _thread_name() -> str:
     return threading.current_thread().name
 
 
+def _readable(fd: int) -> bool:
+    poller = select.poll()
+    poller.register(fd, select.POLLIN)
+    return bool(poller.poll(0))
+
+
+def _closed_by_server(conn: PooledConnection) -> bool:
+    """Return True when the server has closed this idle connection; never a round trip, never blocks.
+
+    The server sends an idle session nothing until it ends it (shutdown, restart, a killed
+    backend, idle_session_timeout): then a FATAL notice and the end of the stream, or a
+    reset, or the kernel's verdict after its TCP keepalives went unanswered. So a socket
+    with nothing to read is taken as open (one poll() system call), and one with something
+    is read by psycopg2, which marks the connection closed on the end of the stream. Only
+    for a connection nobody else can use meanwhile.
+    """
+    for _ in range(GOODBYE_READS):
+        if conn.closed:
+            return True
+        if not _readable(conn.fileno()):
+            return False
+        try:
+            conn.poll()  # reads what arrived: a notice, or the end of the stream (raises)
+        except psycopg2.Error:
+            return True
+    return bool(conn.closed)
+
+
 class ConnectionPool:
     """A fixed-capacity pool of psycopg2 connections for one process.
 
     `getconn()` blocks up to `timeout` seconds for a free connection; `putconn()` must
     give each one back. At most `max_size` connections are open or being opened at any
     time; at most `max_waiting` callers wait (0: none wait, a full pool fails at once).
-    A maintenance thread reports leaks, shrinks, refills to min_size and hands a stats
-    snapshot to `on_tick` (metrics) about once a second. `check_server`, when given, sees
-    each new connection first and refuses it by raising DatabaseUnavailable (a server of
-    the wrong kind); that counts as a failed connect, with its backoff.
+    A maintenance thread reports leaks, drops idle connections the server closed (checked
+    once `keepalive` seconds idle; 0: never), shrinks, refills to min_size and hands a
+    stats snapshot to `on_tick` (metrics) about once a second. `check_server`, when given,
+    sees each new connection first and refuses it by raising DatabaseUnavailable (a server
+    of the wrong kind); that counts as a failed connect, with its backoff.
     """
 
     mode = "pool"
@@ -159,6 +193,7 @@ class ConnectionPool:
         max_lifetime: float = 3600.0,
         idle_timeout: float = 300.0,
         ping_after: float = 30.0,
+        keepalive: float = 5.0,
         leak_threshold: float = 30.0,
         owner: Callable[[], object] = _thread_name,
         on_tick: Callable[[dict[str, object]], None] | None = None,
@@ -182,6 +217,7 @@ class ConnectionPool:
         self.max_lifetime = max_lifetime
         self.idle_timeout = idle_timeout
         self.ping_after = ping_after
+        self.keepalive = keepalive
         self.leak_threshold = leak_threshold
         self._owner = owner
         self._on_tick = on_tick
@@ -550,6 +586,7 @@ class ConnectionPool:
             try:
                 self._interrupt_overdue()
                 self._report_leaks()
+                self._drop_closed_idle()
                 self._shrink()
                 self._fill_to_min()
                 if self._on_tick is not None:
@@ -601,6 +638,37 @@ class ConnectionPool:
                 str(checkout.owner),
                 checkout.thread.name,
             )
+
+    def _drop_closed_idle(self) -> None:
+        # Idle connections the server closed would count as open until a borrower found them
+        # dead; dropped here, the stats tell the truth with no traffic, and _fill_to_min opens
+        # fresh ones as soon as the server answers, before a request needs one.
+        if not self.keepalive:
+            return
+        now = time.monotonic()
+        cutoff = now - self.keepalive
+
+        def closed(idle: list[PooledConnection]) -> list[PooledConnection]:
+            # Under the core's lock: nobody can borrow these meanwhile.
+            due = [conn for conn in idle if max(conn.pool_last_used, conn.pool_checked_at) <= cutoff]
+            for conn in due:
+                conn.pool_checked_at = now
+            return [conn for conn in due if _closed_by_server(conn)]
+
+        try:
+            dead = self._core.drop_idle(closed)
+        except PoolError:  # closed meanwhile
+            return
+        if not dead:
+            return
+        for conn in dead:
+            conn.close()
+        with self._cond:
+            self._all.difference_update(dead)
+            self._counters[DISCARDED] += len(dead)
+        logger.warning("pool %s dropped %s idle connections the server had closed", self.name, len(dead))
+        # The server went away or restarted: the rest of that generation goes too.
+        self.retire(max(dead, key=lambda conn: conn.pool_generation), "idle connections were closed by the server")
 
     def _shrink(self) -> None:
         # Close the idle connections that stayed unused for a whole idle_timeout.

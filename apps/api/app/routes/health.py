@@ -171,6 +171,7 @@ def database_health():
         "database": database,
         "pool_stats": stats,
         "all_workers": all_workers,
+        "probe": metrics.database_probe_results(),
         "warnings": warnings,
         "recommendations": capacity.recommendations(settings, stats, server_max, reserved, pooler),
     }
