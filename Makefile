@@ -60,7 +60,8 @@ bench-profile: $(BENCH_STAMP)
 	$(BIN)/python -m bench.profile
 
 ## chaos: the fault tests of tests/chaos/ at length (database and PgBouncer restarts, killed backends,
-##        overload, slow queries, lock waits, SIGTERM, leaks; ~3 min), figures to docs/chaos-results.json.
+##        overload, slow queries, lock waits, SIGTERM, leaks, failover to a replica; ~8 min), figures to
+##        docs/chaos-results.json.
 ##        make test runs the same tests once, briefly. CHAOS_SCALE=1 make chaos: the brief form.
 CHAOS_SCALE ?= 5
 chaos: $(STAMP)

@@ -76,6 +76,10 @@ def test_valid_production_settings_load():
         {"DATABASE_URL": None},
         {"DATABASE_URL": "  "},
         {"DATABASE_URL": "mysql://rentals:s3cret@db/rentals"},
+        {"DATABASE_URL": "postgresql://rentals:s3cret@db1:5432,db2:5432/rentals"},
+        {"DATABASE_URL": "postgresql://rentals:s3cret@db1:5432,db2:5432/rentals?target_session_attrs=any"},
+        {"DATABASE_URL": "postgresql://rentals:s3cret@db.internal/rentals?target_session_attrs=standby"},
+        {"DATABASE_URL": "postgresql://rentals:s3cret@db.internal/rentals?target=primary"},
         {"SECRET_KEY": None},
         {"HEALTH_API_TOKEN": None},
         {"SECRET_KEY": "short"},
@@ -95,6 +99,14 @@ def test_bad_setting_is_refused_with_a_sentence_naming_it(changes):
         assert name in message
     assert message.endswith("."), message
     assert "s3cret" not in message, "the database password leaked into an error message"
+
+
+@pytest.mark.parametrize("attrs", ["read-write", "primary"])
+def test_database_url_may_list_several_hosts_that_libpq_tries_for_a_writable_one(attrs):
+    url = f"postgresql://rentals:s3cret@db1:5432,db2:5433/rentals?target_session_attrs={attrs}"
+    settings = load_settings(production(DATABASE_URL=url), environ={})
+    assert settings.database_url == url
+    assert settings.database_url_redacted() == url.replace("s3cret", "***")
 
 
 @pytest.mark.parametrize("env", ["production", "preprod"])

@@ -34,7 +34,7 @@ RETRY_AFTER = "2"  # DB_RETRY_AFTER's default
 MARGIN = 1.5
 RECOVERY_LIMIT = 2.0
 ERROR_KEYS = {"code", "message", "details"}
-DATABASE_CODES = {"database_unavailable", "database_timeout", "database_busy", "query_timeout"}
+DATABASE_CODES = {"database_unavailable", "database_timeout", "database_busy", "query_timeout", "database_read_only"}
 
 # The report lists the scenarios in this order (docs/RELIABILITY.md's), whichever file ran first.
 SCENARIOS = (
@@ -51,6 +51,9 @@ SCENARIOS = (
     "granian_recycle",
     "leak",
     "replica_outage",
+    "failover_switchover",
+    "failover_crash_async",
+    "failover_crash_sync",
 )
 FIGURES: dict[str, Any] = {}
 
@@ -201,6 +204,14 @@ def assert_failures_only_during(replies: list[Reply], outages: list[tuple[float,
         if not r.ok and not any(r.ended >= stopping and r.started <= up + RECOVERY_LIMIT for stopping, _, up in outages)
     ]
     assert not outside, f"{len(outside)} failures outside the outages: {[(r.path, r.status) for r in outside[:5]]}"
+
+
+def acknowledged_missing(conn: psycopg2.extensions.connection, replies: list[Reply]) -> int:
+    """Return how many bookings answered 201 have no row on this server (a crash lost them)."""
+    ids = [r.body["id"] for r in replies if r.kind == "write" and r.status == 201]
+    with conn.cursor() as cur:
+        cur.execute("SELECT count(*) FROM rentals WHERE id = ANY(%s)", (ids,))
+        return len(ids) - cur.fetchone()[0]
 
 
 def load_figures(database_url: str, world: World, replies: list[Reply]) -> dict[str, Any]:

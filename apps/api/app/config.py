@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Annotated, Any
 from urllib.parse import urlsplit
 
+import psycopg2.extensions
 import pydantic
 from dotenv import dotenv_values
 from pydantic import GetCoreSchemaHandler, ValidationInfo, field_validator, model_validator
@@ -44,6 +45,9 @@ MIN_SECRET_LENGTH = 32
 DEV_DEFAULT_SECRETS = frozenset(
     {"dev-secret-key-change-me", "dev-health-token", "test-secret-key", "test-health-token"}
 )
+# What DATABASE_URL may ask libpq for: a server that takes writes. With several hosts one
+# of these is required, or libpq would settle for the first host that answers, a standby too.
+PRIMARY_SESSION_ATTRS = ("read-write", "primary")
 GENERATE_SECRET = "python -c 'import secrets; print(secrets.token_urlsafe(32))'"  # noqa: S105 (a command, not a secret)
 
 
@@ -262,20 +266,43 @@ class Text(Rule):
 
 @dataclass(frozen=True)
 class DatabaseURL(Rule):
-    """A required libpq URL (postgresql://...); its password never appears in a sentence."""
+    """A required libpq URL (postgresql://...) of the primary; its password never appears in a sentence.
+
+    It may list several hosts (postgresql://a:5432,b:5432/db?target_session_attrs=read-write):
+    libpq tries them in turn and keeps the first that takes writes, which is how the app
+    finds the new primary after a failover.
+    """
 
     def parse(self, name: str, raw: Any) -> str:
-        """Return the URL; raise ValueError naming `name` when it is missing or not PostgreSQL's."""
+        """Return the URL; raise ValueError naming `name` when it is missing, malformed or may reach a standby."""
         value = _text(raw).strip()
         if not value:
             raise ValueError(f"{name} is not set; set it to postgresql://user:password@host:5432/dbname.")
         if not value.startswith(("postgresql://", "postgres://")):
             raise ValueError(f"{name} must start with postgresql://, got {redact_url(value)!r}.")
+        try:
+            params = psycopg2.extensions.parse_dsn(value)
+        except psycopg2.ProgrammingError as exc:
+            reason = str(exc).strip().splitlines()[0].removeprefix("invalid dsn: ")
+            raise ValueError(f"{name} is not a valid libpq URL ({reason}), got {redact_url(value)!r}.") from None
+        attrs = params.get("target_session_attrs")
+        several = "," in params.get("host", "")
+        wanted = " or ".join(f"target_session_attrs={a}" for a in PRIMARY_SESSION_ATTRS)
+        if attrs is not None and attrs not in PRIMARY_SESSION_ATTRS:
+            raise ValueError(
+                f"{name} asks for target_session_attrs={attrs}, but the app writes: use {wanted} (replicas for"
+                f" reads are configured apart), got {redact_url(value)!r}."
+            )
+        if several and attrs is None:
+            raise ValueError(
+                f"{name} lists several hosts without {wanted}, so libpq would keep the first host that answers,"
+                f" a standby too; add ?target_session_attrs=read-write, got {redact_url(value)!r}."
+            )
         return value
 
     def describe(self) -> str:
         """Return what is allowed."""
-        return "`postgresql://` URL"
+        return "`postgresql://` URL; several hosts with `target_session_attrs=read-write`"
 
 
 @dataclass(frozen=True)
@@ -491,7 +518,8 @@ class Settings(BaseSettings):
         DatabaseURL(),
         Doc(
             SECRETS,
-            "the server's libpq URL; the role needs no superuser rights (README, Deploying)",
+            "the primary's libpq URL; the role needs no superuser rights (README, Deploying); for failover it may"
+            " list several hosts with `target_session_attrs=read-write` (README, Failover)",
             "postgresql://rentals:CHANGE_ME@db.internal:5432/rentals",
             "required",
         ),

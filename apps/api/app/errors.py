@@ -13,7 +13,7 @@ import psycopg2.errors
 from flask import Flask, Response, current_app, jsonify
 from werkzeug.exceptions import HTTPException
 
-from .pool.errors import BudgetExhausted, DatabaseUnavailable, PoolTimeout, TooManyRequests
+from .pool.errors import BudgetExhausted, DatabaseUnavailable, PoolTimeout, ServerReadOnly, TooManyRequests
 
 logger = logging.getLogger(__name__)
 
@@ -129,6 +129,8 @@ def _database_unavailable(exc: DatabaseUnavailable) -> Response:
         code = "database_timeout"
     elif isinstance(exc, BudgetExhausted):
         code = "database_budget_exhausted"
+    elif isinstance(exc, ServerReadOnly):
+        code = "database_read_only"
     else:
         code = "database_unavailable"
     logger.warning("answered 503 %s: %s", code, exc)

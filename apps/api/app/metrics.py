@@ -53,12 +53,14 @@ from .pool.base import (
     CONNECTION_ERRORS,
     CONNECTIONS_OPENED,
     DISCARDED,
+    GENERATIONS_RETIRED,
     IN_USE,
     INTERRUPTED,
     LEAKS_DETECTED,
     MAX_CONNECTIONS,
     RECYCLED,
     REJECTED,
+    RETIRED,
     SHRUNK,
     TIMEOUTS,
     TOTAL,
@@ -234,6 +236,14 @@ POOL_COUNTERS = {
         "rentals_db_pool_interrupted_connections",
         "Connections cut off while held past their request's deadline.",
         ["target"],
+    ),
+    GENERATIONS_RETIRED: Counter(
+        "rentals_db_pool_retired_generations",
+        "Times a pool closed all its connections at once: one failed, or its server stopped taking writes.",
+        ["target"],
+    ),
+    RETIRED: Counter(
+        "rentals_db_pool_retired_connections", "Connections closed because their generation was retired.", ["target"]
     ),
 }
 

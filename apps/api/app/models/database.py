@@ -55,6 +55,7 @@ from ..pool import (
     PoolClosed,
     PooledConnection,
     PoolTimeout,
+    ServerReadOnly,
     TooManyRequests,
 )
 from .targets import Replicas, Target, replica_warnings
@@ -64,6 +65,7 @@ __all__ = [
     "DatabaseUnavailable",
     "PoolClosed",
     "PoolTimeout",
+    "ServerReadOnly",
     "TimeoutsNotApplied",
     "TooManyRequests",
     "apply_session_timeouts",
@@ -226,6 +228,8 @@ class Database:
             leak_threshold=s.db_pool_leak_threshold,
             owner=_request_owner,
             on_tick=target.tick,
+            # Only the primary must take writes; a replica is a standby by nature.
+            check_server=require_writable if target.name == metrics.PRIMARY else None,
             name=f"{APPLICATION_NAME}[{os.getpid()}]{suffix}",
             connect_timeout=s.db_connect_timeout,
             application_name=APPLICATION_NAME,
@@ -413,6 +417,50 @@ def set_role_timeouts(cur: Cursor, timeouts: dict[str, int]) -> None:
 def capacity_info(app: Flask | None = None) -> dict[str, Any] | None:
     """Return the last capacity figures measured by check_capacity, or None."""
     return _database(app).capacity
+
+
+# -- the primary: a server that takes writes --------------------------------------------
+
+
+def read_only_reason(conn: psycopg2.extensions.connection) -> str | None:
+    """Return why the server behind `conn` does not take writes ("in recovery", "read-only"), or None.
+
+    Read from what the server reports by itself (ParameterStatus, PostgreSQL 14 and later:
+    `in_hot_standby` and `default_transaction_read_only`, also when they change): no round
+    trip. Through PgBouncer neither is passed on; there a write's SQLSTATE 25006 tells.
+    """
+    if conn.closed:
+        return None
+    if conn.info.parameter_status("in_hot_standby") == "on":
+        return "in recovery"
+    if conn.info.parameter_status("default_transaction_read_only") == "on":
+        return "read-only"
+    return None
+
+
+def require_writable(conn: PooledConnection) -> None:
+    """Refuse a new connection of the primary's pool to a server that does not take writes (ServerReadOnly).
+
+    A standby, or a primary made read-only: with several hosts in DATABASE_URL libpq's
+    target_session_attrs has already skipped them; with one host this is what keeps the
+    pool from serving a demoted server until it is promoted again or DATABASE_URL changes.
+    """
+    reason = read_only_reason(conn)
+    if reason is not None:
+        raise ServerReadOnly(f"the database server is {reason}: it does not accept writes")
+
+
+def _raise_if_read_only(pool: ConnectionPool, conn: PooledConnection, exc: psycopg2.Error) -> None:
+    # A server that answers read-only, or from recovery, is no longer the primary (a
+    # failover, or read-only by order): every connection opened to it goes at once. Only
+    # for a pool that requires a writable server: on a replica's, that is its nature.
+    if pool.check_server is not require_writable:
+        return
+    reason = "read-only" if isinstance(exc, psycopg2.errors.ReadOnlySqlTransaction) else read_only_reason(conn)
+    if reason is None:
+        return
+    pool.retire(conn, f"the server answered {reason}")
+    raise ServerReadOnly(f"the database server is {reason}: it does not accept writes") from exc
 
 
 # -- helpers ------------------------------------------------------------------------
@@ -607,9 +655,10 @@ def _read_on_primary(db: Database, sql: str, params: Params, one: bool, timeout:
                 rows = fetch_one(cur) if one else fetch_all(cur)
             metrics.QUERY_DURATION_BUFFER.observe(time.perf_counter() - started, "read")
             return rows
-        except (psycopg2.OperationalError, psycopg2.InterfaceError) as exc:
+        except psycopg2.Error as exc:
             lost = _connection_lost(conn, exc)
             if not lost:
+                _raise_if_read_only(pool, conn, exc)
                 raise
             if attempt == 2:
                 raise DatabaseUnavailable("the database connection was lost") from exc
@@ -697,10 +746,11 @@ def execute_write(sql: str, params: Params = None) -> Any:
         metrics.QUERY_DURATION_BUFFER.observe(time.perf_counter() - started, "write")
         _note_commit(db, conn)
         return result
-    except (psycopg2.OperationalError, psycopg2.InterfaceError) as exc:
+    except psycopg2.Error as exc:
         lost = _connection_lost(conn, exc)
         if lost:
             raise DatabaseUnavailable("the database connection was lost") from exc
+        _raise_if_read_only(pool, conn, exc)
         raise
     finally:
         pool.putconn(conn, discard=lost)
@@ -751,6 +801,8 @@ def transaction() -> Iterator[Cursor]:
                 lost = True
         if lost and isinstance(exc, (psycopg2.OperationalError, psycopg2.InterfaceError)):
             raise DatabaseUnavailable("the database connection was lost") from exc
+        if not lost and isinstance(exc, psycopg2.Error):
+            _raise_if_read_only(pool, conn, exc)
         raise
     finally:
         pool.putconn(conn, discard=lost)

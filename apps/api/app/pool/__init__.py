@@ -12,7 +12,14 @@ Nothing here knows of Flask or HTTP.
 from __future__ import annotations
 
 from . import base
-from .errors import BudgetExhausted, DatabaseUnavailable, PoolClosed, PoolTimeout, TooManyRequests
+from .errors import (
+    BudgetExhausted,
+    DatabaseUnavailable,
+    PoolClosed,
+    PoolTimeout,
+    ServerReadOnly,
+    TooManyRequests,
+)
 from .null_pool import NullConnectionPool
 from .pool import ConnectionPool, PooledConnection
 
@@ -27,6 +34,7 @@ __all__ = [
     "PoolClosed",
     "PoolTimeout",
     "PooledConnection",
+    "ServerReadOnly",
     "TooManyRequests",
     "base",
 ]

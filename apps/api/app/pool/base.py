@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from .errors import DatabaseUnavailable
+
 # Stats keys: stable names shared by the health endpoint, the metrics and the docs.
 MODE = "mode"
 MIN_CONNECTIONS = "min_connections"
@@ -28,6 +30,8 @@ PINGS = "pings"
 PING_FAILURES = "ping_failures"
 LEAKS_DETECTED = "leaks_detected"
 INTERRUPTED = "interrupted"
+GENERATIONS_RETIRED = "generations_retired"
+RETIRED = "retired"
 
 COUNTERS = (
     ACQUISITIONS,
@@ -46,6 +50,8 @@ COUNTERS = (
     PING_FAILURES,
     LEAKS_DETECTED,
     INTERRUPTED,
+    GENERATIONS_RETIRED,
+    RETIRED,
     PEAK_IN_USE,
 )
 # The figures that describe a pool at one moment (the rest are counters since it opened).
@@ -74,7 +80,8 @@ class ConnectionAttempt:
 
     The window grows from INITIAL_DELAY, doubling per failure, up to MAX_DELAY; a success
     ends it. `failed` and `succeeded` must be called under the pool's lock; `backing_off`
-    is a single read, safe without it.
+    is a single read, safe without it. A caller turned away meanwhile gets the last
+    failure's kind of error (`refusal`): unreachable, or a server that takes no writes.
     """
 
     INITIAL_DELAY = 0.1
@@ -83,13 +90,19 @@ class ConnectionAttempt:
     def __init__(self) -> None:
         self.failures = 0
         self.retry_at = 0.0
+        self.last_error: DatabaseUnavailable = DatabaseUnavailable("the database is unreachable")
 
     def backing_off(self, now: float) -> bool:
         """Return True while a new connect should not be tried yet."""
         return now < self.retry_at
 
-    def failed(self, now: float) -> float:
-        """Record a failed connect at `now`; return the seconds until the next may be tried."""
+    def refusal(self) -> DatabaseUnavailable:
+        """Return the error for a caller turned away while backing off: the last failure's, retried shortly."""
+        return type(self.last_error)(f"{self.last_error}; retrying shortly")
+
+    def failed(self, now: float, error: DatabaseUnavailable) -> float:
+        """Record a failed connect (`error`) at `now`; return the seconds until the next may be tried."""
+        self.last_error = error
         self.failures += 1
         delay = min(self.MAX_DELAY, self.INITIAL_DELAY * 2 ** (self.failures - 1))
         self.retry_at = now + delay

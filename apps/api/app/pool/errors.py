@@ -21,3 +21,7 @@ class PoolClosed(DatabaseUnavailable):
 
 class BudgetExhausted(DatabaseUnavailable):
     """The caller's time for database work (waits and statements together) has run out."""
+
+
+class ServerReadOnly(DatabaseUnavailable):
+    """The server no longer accepts writes (made read-only, or a standby after a failover)."""

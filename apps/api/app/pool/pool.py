@@ -3,7 +3,13 @@
 psycopg2's pool keeps the connections and their keys (compat/psycopg2_pool.py says how we
 reach into it); this class adds what it lacks: a blocking acquire with a bounded wait
 queue, health checks, a lifetime, idle shrinking, leak detection, stats, fail-fast
-reconnects and fork safety. It knows nothing of Flask or HTTP.
+reconnects, generations and fork safety. It knows nothing of Flask or HTTP.
+
+Generations: every connection carries the generation it was opened in. When one fails (or
+the caller finds its server no longer fit, such as a primary turned read-only), `retire`
+ends that generation: idle connections of it are closed at once and borrowed ones when
+they come back, so a server that went away or was demoted costs one failed request, not
+one per connection. SQLAlchemy's pool invalidation after a disconnect works the same way.
 
 A caller first takes one of `max_size` slots, waiting on our condition if needed, so
 psycopg2's pool never reaches its own "connection pool exhausted". The core is created
@@ -38,6 +44,7 @@ from .base import (
     CONNECTIONS_OPENED,
     COUNTERS,
     DISCARDED,
+    GENERATIONS_RETIRED,
     IN_USE,
     INTERRUPTED,
     LEAKS_DETECTED,
@@ -52,6 +59,7 @@ from .base import (
     PINGS,
     RECYCLED,
     REJECTED,
+    RETIRED,
     SHRUNK,
     TIMEOUTS,
     TOTAL,
@@ -89,7 +97,7 @@ class PooledConnection(psycopg2.extensions.connection):
         self.pool_last_used = now
         self.pool_checked_at = now  # the keepalive check's last look at it while idle
         self.pool_expires_at: float | None = None  # set when the pool adopts it
-        self.pool_epoch = 0
+        self.pool_generation = 0  # set when opened by the pool
         # Reads run one statement each; a transaction is asked for explicitly.
         self.autocommit = True
 
@@ -157,7 +165,9 @@ class ConnectionPool:
     time; at most `max_waiting` callers wait (0: none wait, a full pool fails at once).
     A maintenance thread reports leaks, drops idle connections the server closed (checked
     once `keepalive` seconds idle; 0: never), shrinks, refills to min_size and hands a
-    stats snapshot to `on_tick` (metrics) about once a second.
+    stats snapshot to `on_tick` (metrics) about once a second. `check_server`, when given,
+    sees each new connection first and refuses it by raising DatabaseUnavailable (a server
+    of the wrong kind); that counts as a failed connect, with its backoff.
     """
 
     mode = "pool"
@@ -187,6 +197,7 @@ class ConnectionPool:
         leak_threshold: float = 30.0,
         owner: Callable[[], object] = _thread_name,
         on_tick: Callable[[dict[str, object]], None] | None = None,
+        check_server: Callable[[PooledConnection], None] | None = None,
         name: str = "pool",
         **connect_kwargs: object,
     ) -> None:
@@ -210,6 +221,7 @@ class ConnectionPool:
         self.leak_threshold = leak_threshold
         self._owner = owner
         self._on_tick = on_tick
+        self.check_server = check_server
 
         self._dsn = dsn
         self._connect_kwargs = {"connection_factory": PooledConnection, **connect_kwargs}
@@ -221,7 +233,7 @@ class ConnectionPool:
         self._waiting = 0
         self._all: set[PooledConnection] = set()  # open connections, idle or out
         self._out: dict[int, _Checkout] = {}
-        self._epoch = 0  # raised when a connection dies; older idle ones get pinged
+        self._generation = 0  # raised by retire(); connections of older ones are closed
         self._attempt = ConnectionAttempt()
         self._idle_low_water = 0  # fewest idle connections seen since the last shrink
         self._last_shrink = time.monotonic()
@@ -364,6 +376,9 @@ class ConnectionPool:
         # Holding a slot. Each round closes one idle connection or returns, so this ends.
         for _ in range(self.max_size + 1):
             conn = self._getconn_unchecked()
+            if conn.pool_generation < self._generation:
+                self._drop(conn, RETIRED)
+                continue
             if conn.pool_expires_at is None:
                 self._adopt(conn)
             elif time.monotonic() >= conn.pool_expires_at:
@@ -385,13 +400,24 @@ class ConnectionPool:
         except PoolError:
             raise PoolClosed("the connection pool is closed") from None
         if self._attempt.backing_off(time.monotonic()):
-            raise DatabaseUnavailable("the database is unreachable; retrying shortly")
+            raise self._attempt.refusal()
         started = time.monotonic()
+        # Read before connecting: a retirement during the handshake covers this connection too.
+        generation = self._generation
         try:
             conn = psycopg2.connect(self._dsn, **self._connect_kwargs)
         except psycopg2.OperationalError as exc:
-            self._note_connect_failure(exc)
-            raise DatabaseUnavailable("the database is unreachable") from exc
+            unreachable = DatabaseUnavailable("the database is unreachable")
+            self._note_connect_failure(exc, unreachable)
+            raise unreachable from exc
+        conn.pool_generation = generation
+        if self.check_server is not None:
+            try:
+                self.check_server(conn)
+            except DatabaseUnavailable as exc:
+                conn.close()
+                self._note_connect_failure(exc, exc)
+                raise
         elapsed_ms = (time.monotonic() - started) * 1000
         try:
             got, unused = self._core.getconn_with(conn)
@@ -405,10 +431,11 @@ class ConnectionPool:
                 self._counters[CONNECT_TIME_MS] += elapsed_ms
         return got
 
-    def _note_connect_failure(self, exc: Exception) -> None:
+    def _note_connect_failure(self, exc: Exception, error: DatabaseUnavailable) -> None:
+        # `exc` is what went wrong, for the log; `error` what callers get until the next try.
         with self._cond:
             self._counters[CONNECTION_ERRORS] += 1
-            backoff = self._attempt.failed(time.monotonic())
+            backoff = self._attempt.failed(time.monotonic(), error)
             failures = self._attempt.failures
         logger.warning(
             "pool %s cannot connect (attempt %s, next in %.1f s): %s",
@@ -422,7 +449,6 @@ class ConnectionPool:
         jitter = 1 - random.random() * LIFETIME_JITTER  # noqa: S311 (spread, not secrecy)
         conn.pool_expires_at = conn.pool_created_at + self.max_lifetime * jitter
         with self._cond:
-            conn.pool_epoch = self._epoch
             self._all.add(conn)
             self._counters[CONNECTIONS_OPENED] += 1
             failures = self._attempt.succeeded()
@@ -430,7 +456,7 @@ class ConnectionPool:
             logger.info("pool %s reconnected after %s failed attempts", self.name, failures)
 
     def _needs_ping(self, conn: PooledConnection) -> bool:
-        return conn.pool_epoch < self._epoch or time.monotonic() - conn.pool_last_used >= self.ping_after
+        return time.monotonic() - conn.pool_last_used >= self.ping_after
 
     def _ping(self, conn: PooledConnection) -> bool:
         try:
@@ -444,7 +470,6 @@ class ConnectionPool:
             return False
         with self._cond:
             self._counters[PINGS] += 1
-            conn.pool_epoch = self._epoch
         return True
 
     def _register(self, conn: PooledConnection, deadline: float | None) -> None:
@@ -458,14 +483,17 @@ class ConnectionPool:
         """Give a borrowed connection back; never raises for a broken one.
 
         A connection left in a transaction is rolled back. It is closed instead of kept
-        when `discard` is set (its state is unknown), when it is broken or past its
-        lifetime.
+        when `discard` is set (its state is unknown), when it is broken, past its
+        lifetime, or of a retired generation. A broken one retires its generation, unless
+        the pool broke it itself (cut off past its deadline).
         """
         reason = self._return_reason(conn, discard)
         if reason == DISCARDED:
-            with self._cond:
-                self._epoch += 1
             logger.warning("pool %s discarded a broken connection", self.name)
+            with self._cond:
+                checkout = self._out.get(id(conn))
+            if checkout is None or not checkout.interrupted:
+                self.retire(conn, "a connection failed")
         try:
             self._core.putconn(conn, close=reason is not None)
         except PoolError:  # closed meanwhile, or never ours
@@ -474,7 +502,7 @@ class ConnectionPool:
             checkout = self._out.pop(id(conn), None)
             if reason is not None:
                 self._all.discard(conn)
-                if reason in (DISCARDED, RECYCLED):
+                if reason in (DISCARDED, RECYCLED, RETIRED):
                     self._counters[reason] += 1
             self._slots -= 1
             self._cond.notify()
@@ -499,7 +527,9 @@ class ConnectionPool:
         return self._reason_to_close(conn, time.monotonic())
 
     def _reason_to_close(self, conn: PooledConnection, now: float) -> str | None:
-        # A healthy connection given back: keep it until its lifetime ends.
+        # A healthy connection given back: keep it until its lifetime ends or its generation is retired.
+        if conn.pool_generation < self._generation:
+            return RETIRED
         if now >= conn.pool_expires_at:
             return RECYCLED
         conn.pool_last_used = now
@@ -515,8 +545,38 @@ class ConnectionPool:
             self._out.pop(id(conn), None)
             self._all.discard(conn)
             self._counters[reason] += 1
-            if reason == DISCARDED:
-                self._epoch += 1
+        if reason == DISCARDED:
+            self.retire(conn, "a connection failed its ping")
+
+    # -- generations --------------------------------------------------------------
+
+    def retire(self, conn: PooledConnection, why: str) -> bool:
+        """End the generation `conn` was opened in: close its idle connections now, borrowed ones on return.
+
+        Call it when `conn` shows that its server can no longer be trusted (`why`, for the
+        log): it failed, or it answered as a server the caller must not use. The next
+        borrow opens a new connection (with the usual backoff when that fails). Returns
+        True when this call retired the generation, False when it was over already: many
+        callers failing together cost one retirement.
+        """
+        with self._cond:
+            if conn.pool_generation < self._generation:
+                return False
+            self._generation += 1
+            generation = self._generation
+            self._counters[GENERATIONS_RETIRED] += 1
+            borrowed = sum(1 for c in self._out.values() if c.conn is not conn)
+        closed = 0
+        while self._close_one_idle(RETIRED, older_than=generation):
+            closed += 1
+        logger.warning(
+            "pool %s retired its connections (%s): %s idle closed now, %s in use closed when given back",
+            self.name,
+            why,
+            closed,
+            borrowed,
+        )
+        return True
 
     # -- maintenance --------------------------------------------------------------
 
@@ -606,8 +666,9 @@ class ConnectionPool:
         with self._cond:
             self._all.difference_update(dead)
             self._counters[DISCARDED] += len(dead)
-            self._epoch += 1  # the other idle ones get pinged before use
         logger.warning("pool %s dropped %s idle connections the server had closed", self.name, len(dead))
+        # The server went away or restarted: the rest of that generation goes too.
+        self.retire(max(dead, key=lambda conn: conn.pool_generation), "idle connections were closed by the server")
 
     def _shrink(self) -> None:
         # Close the idle connections that stayed unused for a whole idle_timeout.
@@ -620,10 +681,12 @@ class ConnectionPool:
             surplus = min(self._idle_low_water, idle, len(self._all) - self.min_size)
             self._idle_low_water = idle - max(surplus, 0)
         for _ in range(max(surplus, 0)):
-            if not self._close_one_idle():
+            if not self._close_one_idle(SHRUNK):
                 break
 
-    def _close_one_idle(self) -> bool:
+    def _close_one_idle(self, counter: str, older_than: int | None = None) -> bool:
+        # Close one idle connection (only of a generation before `older_than`, when given),
+        # counted under `counter`; False when there is none to close.
         with self._cond:
             if self._closed or self._slots >= self.max_size or len(self._all) <= len(self._out):
                 return False
@@ -633,13 +696,17 @@ class ConnectionPool:
         except (NoIdleConnection, PoolError):
             self._give_back_slot()
             return False
+        keep = older_than is not None and conn.pool_generation >= older_than
         try:
-            self._core.putconn(conn, close=True)
+            self._core.putconn(conn, close=not keep)
         except PoolError:
             conn.close()
+        if keep:
+            self._give_back_slot()
+            return False
         with self._cond:
             self._all.discard(conn)
-            self._counters[SHRUNK] += 1
+            self._counters[counter] += 1
             self._slots -= 1
             self._cond.notify()
         return True

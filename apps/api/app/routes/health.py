@@ -20,6 +20,7 @@ from ..jobs import status as job_status
 from ..models.database import (
     DatabaseUnavailable,
     PoolTimeout,
+    ServerReadOnly,
     TooManyRequests,
     capacity_info,
     execute_query_one,
@@ -55,17 +56,37 @@ def _probe_database(settings: Settings) -> dict[str, Any]:
             "SELECT current_setting('max_connections')::int AS server_max_connections,"
             f" {RESERVED_CONNECTIONS_SQL} AS server_reserved_connections,"
             " (SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'client backend')::int"
-            " AS server_connections",
+            " AS server_connections,"
+            " pg_is_in_recovery() AS in_recovery,"
+            " current_setting('transaction_read_only') = 'on' AS read_only",
             timeout=min(PROBE_TIMEOUT, settings.db_pool_timeout),
         )
     except (PoolTimeout, TooManyRequests) as exc:
         return {"reachable": None, "busy": True, "error": str(exc)}
+    except ServerReadOnly as exc:
+        return {"reachable": True, "writable": False, "error": str(exc)}
     except DatabaseUnavailable as exc:
         return {"reachable": False, "error": str(exc)}
     except psycopg2.Error as exc:
         # An SQLSTATE means the server answered (a timeout, say): reachable, but not well.
         return {"reachable": exc.pgcode is not None, "error": (exc.pgerror or type(exc).__name__).strip()}
-    return {"reachable": True, "latency_ms": round((time.perf_counter() - started) * 1000, 3), **row}
+    in_recovery, read_only = row.pop("in_recovery"), row.pop("read_only")
+    body = {"reachable": True, "writable": not (in_recovery or read_only)}
+    if not body["writable"]:
+        body["error"] = f"the database server is {'in recovery' if in_recovery else 'read-only'}"
+    return {**body, "latency_ms": round((time.perf_counter() - started) * 1000, 3), **row}
+
+
+def _not_the_primary(database: dict[str, Any]) -> list[str]:
+    # The server the pool takes for the primary does not take writes: every write answers 503.
+    if database.get("writable") is not False:
+        return []
+    return [
+        f"{database['error']}; the server DATABASE_URL leads to is not a writable primary (a failover under way, a"
+        " demoted primary, or default_transaction_read_only set); writes answer 503 until a host that takes writes"
+        " answers. After a failover DATABASE_URL must list the new primary (several hosts with"
+        " target_session_attrs=read-write)."
+    ]
 
 
 def _read_pooler(settings: Settings) -> dict[str, Any] | None:
@@ -134,13 +155,17 @@ def database_health():
         pooler["capacity"] = capacity.pooled_capacity(Budget.from_settings(settings), limits, server_max, reserved)
     stats = pool_stats()
     all_workers = _all_workers(stats)
-    warnings = capacity.pool_warnings(settings, all_workers, database) + capacity.pooler_warnings(pooler)
+    warnings = (
+        _not_the_primary(database)
+        + capacity.pool_warnings(settings, all_workers, database)
+        + capacity.pooler_warnings(pooler)
+    )
     replicas = replica_health()
     if replicas is not None:
         warnings += replicas[1]
     if database["reachable"]:
         warnings += _job_warnings(settings)
-    if database["reachable"] is False:
+    if database["reachable"] is False or database.get("writable") is False:
         status = "error"
     elif warnings:
         status = "warning"
