@@ -134,6 +134,27 @@ def test_saturated_pool_is_a_warning_not_an_error(make_app, health_headers):
     assert len(response.json["warnings"]) >= 2
 
 
+@pytest.mark.timeout(12)
+def test_monitoring_answers_quickly_while_requests_hold_every_connection(make_app, health_headers):
+    # Requests would wait 30 s for a connection; each monitoring read waits at most
+    # database.MONITORING_WAIT (1 s), so /metrics, /api/health/db and /api/health/jobs all
+    # answer well within the test's limit (with DB_POOL_TIMEOUT they would take 30-60 s each).
+    app = make_app(DB_POOL_MAX_CONNECTIONS=2, DB_POOL_TIMEOUT=30, DB_POOL_MAX_WAITING=10)
+    client = app.test_client()
+    pool, conns = hold(app, 2)
+    try:
+        metrics = client.get("/metrics", headers=health_headers)
+        db = client.get("/api/health/db", headers=health_headers)
+        jobs = client.get("/api/health/jobs", headers=health_headers)
+    finally:
+        give_back(pool, conns)
+    assert metrics.status_code == 200
+    assert "rentals_outbox_pending NaN" in metrics.get_data(as_text=True)
+    assert db.status_code == 200
+    assert db.json["database"]["busy"] is True
+    assert jobs.status_code == 503
+
+
 def test_database_down_answers_error_and_503_never_500(make_app, health_headers):
     app = make_app(DATABASE_URL=f"postgresql://nobody:nothing@127.0.0.1:{free_port()}/nowhere", DB_RETRY_AFTER=4)
     client = app.test_client()

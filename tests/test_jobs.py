@@ -12,7 +12,7 @@ import threading
 import pytest
 
 from apps.api.app.jobs import JOBS, Job, runner
-from apps.api.app.models import job_runs
+from apps.api.app.models import database, job_runs
 
 pytestmark = pytest.mark.both_routes
 
@@ -186,3 +186,20 @@ def test_a_scheduler_outlives_an_unreachable_database(make_app, caplog):
         assert scheduler.tick() == [] and scheduler.tick() == []
     # One warning per outage, not one per poll.
     assert len([r for r in caplog.records if "cannot reach the jobs' tables" in r.getMessage()]) == 1
+
+
+def test_a_scheduler_reads_from_the_primary_only_and_leaves_the_host_probe_to_the_web_workers(
+    make_app, direct_database_url
+):
+    # Without PROMETHEUS_MULTIPROC_DIR every process counts as its own host, so a scheduler that
+    # kept the web workers' machinery would probe every target and open replica pools for nothing.
+    app = make_app(DATABASE_REPLICA_URLS=direct_database_url)
+    db = database._database(app)
+    assert db.replicas is not None
+    database.serve_no_requests(app)
+    with app.app_context():
+        assert database.execute_query_one("SELECT 1 AS one", replica_ok=True) == {"one": 1}
+        db._host_tick()  # what the primary pool's maintenance thread calls about once a second
+    assert db.replicas is None
+    assert db._probe is None
+    database.close_pool(app)

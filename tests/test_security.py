@@ -615,6 +615,8 @@ def test_cors_allows_only_the_configured_origins(make_app, admin_user):
     assert r.headers["Access-Control-Allow-Origin"] == "https://app.example.com"
     assert "Origin" in r.headers["Vary"]
     assert "Retry-After" in r.headers["Access-Control-Expose-Headers"]
+    # A browser script reads a write's consistency token and sends it back (README, Read replicas).
+    assert "X-Consistency-Token" in r.headers["Access-Control-Expose-Headers"]
     assert "Access-Control-Allow-Credentials" not in r.headers
     r = client.get("/api/customers", headers=headers | {"Origin": "https://admin.example.com"})
     assert r.headers["Access-Control-Allow-Origin"] == "https://admin.example.com"
@@ -628,6 +630,7 @@ def test_cors_allows_only_the_configured_origins(make_app, admin_user):
     assert r.headers["Access-Control-Allow-Origin"] == "https://app.example.com"
     assert "PATCH" in r.headers["Access-Control-Allow-Methods"]
     assert "Authorization" in r.headers["Access-Control-Allow-Headers"]
+    assert "X-Consistency-Token" in r.headers["Access-Control-Allow-Headers"]
     assert r.headers["X-Frame-Options"] == "DENY"
     r = client.options("/api/customers/1", headers=preflight | {"Origin": "https://evil.example"})
     assert "Access-Control-Allow-Origin" not in r.headers

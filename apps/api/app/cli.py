@@ -176,7 +176,9 @@ def run_jobs_command(only: tuple[str, ...]) -> None:
     The first signal stops it after the run in progress; a second abandons that run (rolled
     back, and retried at once by another scheduler).
     """
-    scheduler = runner.Scheduler(current_app._get_current_object(), _selected(only))
+    app = current_app._get_current_object()
+    database.serve_no_requests(app)
+    scheduler = runner.Scheduler(app, _selected(only))
     if metrics.multiprocess_dir():
         logging.getLogger(__name__).warning(
             "%s is set: this scheduler's pool would count among the web workers' figures of the host;"
@@ -212,6 +214,7 @@ def run_jobs_command(only: tuple[str, ...]) -> None:
 def run_once_command(name: str, manual: bool) -> None:
     """Claim the job's current slot and run it here (exit 1 if it fails); say so if another run had it."""
     job = _selected((name,))[0]
+    database.serve_no_requests(current_app._get_current_object())
     outcome = runner.run_due(job, runner.runner_id(), manual=manual)
     if outcome is None:
         click.echo(f"{name}: the current slot ran already, is running, or waits for its retry; --now runs it anyway")

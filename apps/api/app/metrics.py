@@ -176,7 +176,6 @@ _POOLER_LIMITS = (pgbouncer.POOL_SIZE, pgbouncer.RESERVE_POOL, pgbouncer.MAX_CLI
 # (DatabaseProbe; `pgbouncer` from PoolerPublisher's read of its console). `livemostrecent`,
 # like the PgBouncer gauges: one series per host and target, the prober's latest value; the
 # values leave with a dead prober's file (child_exit), and its successor's are newer.
-PRIMARY = "primary"
 PGBOUNCER = "pgbouncer"
 DATABASE_UP = Gauge(
     "rentals_database_up",
@@ -191,7 +190,6 @@ DATABASE_PROBE_SECONDS = Gauge(
     multiprocess_mode="livemostrecent",
 )
 
-# Pool stats key -> counter; each is published as the increase since the last publish.
 # The outbox's backlog (models/outbox.py), read from the database by whichever worker
 # answers a scrape; NaN when it could not be read.
 OUTBOX_PENDING = Gauge(
@@ -210,6 +208,7 @@ OUTBOX_OLDEST_PENDING = Gauge(
     multiprocess_mode="livemostrecent",
 )
 
+# Pool stats key -> counter; each is published as the increase since the last publish.
 POOL_COUNTERS = {
     ACQUISITIONS: Counter("rentals_db_pool_acquisitions", "Connections handed out by the pools.", ["target"]),
     TIMEOUTS: Counter(
@@ -628,7 +627,7 @@ class DatabaseProbe:
     not; the others only tick (a HostJob on DATABASE_PROBE_LOCK, as PoolerPublisher). Each
     probe is bounded by DB_CONNECT_TIMEOUT, the wait the pool itself grants a connect, so
     the result is at most an interval plus that old. `targets` maps a target's name
-    (`primary`, later one per replica) to its libpq URL; they are probed one after another.
+    (`primary`, `replica1`...) to its libpq URL; they are probed one after another.
     """
 
     def __init__(self, settings: Settings, targets: Mapping[str, str]) -> None:

@@ -256,14 +256,14 @@ def _close(session: smtplib.SMTP, polite: bool = False) -> None:
         session.close()
 
 
-def backlog() -> dict[str, Any] | None:
+def backlog(*, timeout: float | None = None) -> dict[str, Any] | None:
     """Return the outbox's backlog (pending, parked, oldest_pending_seconds) and publish it to the metrics.
 
-    None when the database cannot be reached (the gauges then read NaN). For /metrics and
-    /api/health/jobs.
+    None when the database cannot be reached or no connection frees within `timeout` (the
+    gauges then read NaN). For /metrics and /api/health/jobs.
     """
     try:
-        figures = model.backlog()
+        figures = model.backlog(timeout=timeout)
     except (DatabaseUnavailable, psycopg2.Error) as exc:
         logger.warning("cannot read the outbox's backlog: %s", exc)
         figures = None

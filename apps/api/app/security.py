@@ -37,9 +37,9 @@ SECURITY_HEADERS = (
     ("Cache-Control", "no-store"),
 )
 CORS_METHODS = "GET, POST, PATCH, DELETE"
-CORS_REQUEST_HEADERS = "Authorization, Content-Type, Idempotency-Key, X-Request-ID"
+CORS_REQUEST_HEADERS = "Authorization, Content-Type, Idempotency-Key, X-Consistency-Token, X-Request-ID"
 # Reply headers a browser script may read besides the simple ones.
-CORS_EXPOSED_HEADERS = "Idempotent-Replayed, Location, Retry-After, WWW-Authenticate, X-Request-ID"
+CORS_EXPOSED_HEADERS = "Idempotent-Replayed, Location, Retry-After, WWW-Authenticate, X-Consistency-Token, X-Request-ID"
 CORS_MAX_AGE = "600"
 
 

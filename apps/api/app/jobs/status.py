@@ -13,14 +13,16 @@ from .registry import JOBS
 MISSED_SLOTS_WARNING = 2
 
 
-def figures(settings: Settings) -> list[dict[str, Any]]:
+def figures(settings: Settings, *, timeout: float | None = None) -> list[dict[str, Any]]:
     """Return each declared job with its schedule, last success and failure, runs by outcome, next due time and lag.
 
-    Raises DatabaseUnavailable (and psycopg2 errors) like any read.
+    Raises DatabaseUnavailable (and psycopg2 errors) like any read; `timeout` is its wait for a connection.
     """
     declared = list(JOBS.values())
     periods = [job.period(settings) for job in declared]
-    rows = job_runs.job_figures([job.name for job in declared], periods, [job.offset for job in declared])
+    rows = job_runs.job_figures(
+        [job.name for job in declared], periods, [job.offset for job in declared], timeout=timeout
+    )
     return [
         {
             **row,

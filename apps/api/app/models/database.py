@@ -183,7 +183,16 @@ class Database:
         self._probe: metrics.DatabaseProbe | None = None
         self._host_lock = threading.Lock()
         self._host_closed = False
+        self.serves_requests = True
         _databases.add(self)
+
+    def serve_no_requests(self) -> None:
+        """Mark this process as one that serves no requests (a jobs scheduler): it reads from the primary only
+        and leaves the host's probe and PgBouncer's figures to the web workers."""
+        self.serves_requests = False
+        if self.replicas is not None:
+            self.replicas.close()
+            self.replicas = None
 
     def _after_fork_in_child(self) -> None:
         self.primary.after_fork_in_child()
@@ -201,8 +210,9 @@ class Database:
         this process (gunicorn's worker_exit).
         """
         pool = self.primary.pool()
-        if self.replicas is not None:
-            self.replicas.start()
+        replicas = self.replicas
+        if replicas is not None:
+            replicas.start()
         return pool
 
     def _make_pool(self, target: Target) -> ConnectionPool:
@@ -245,7 +255,7 @@ class Database:
         # The primary pool's maintenance thread, about once a second: the work one worker per host
         # does (the database probe, PgBouncer's figures); the other workers' ticks return at once.
         with self._host_lock:
-            if self._host_closed:
+            if self._host_closed or not self.serves_requests:
                 return
             if self._probe is None:
                 self._probe = metrics.DatabaseProbe(self.settings, self.probe_targets())
@@ -280,8 +290,23 @@ def init_app(app: Flask, settings: Settings) -> None:
     app.extensions[EXTENSION] = Database(settings)
 
 
+# A read for monitoring (/api/health/*, /metrics) waits at most this long for a connection:
+# monitoring must answer, and quickly, while requests saturate the pool.
+MONITORING_WAIT = 1.0
+
+
+def monitoring_wait(settings: Settings) -> float:
+    """Return how long a monitoring read waits for a pool connection: MONITORING_WAIT, or less if DB_POOL_TIMEOUT is."""
+    return min(MONITORING_WAIT, settings.db_pool_timeout)
+
+
 def _database(app: Flask | None = None) -> Database:
     return (app or current_app).extensions[EXTENSION]
+
+
+def serve_no_requests(app: Flask) -> None:
+    """Say this process serves no requests (Database.serve_no_requests); call it before the first query."""
+    _database(app).serve_no_requests()
 
 
 def get_pool() -> ConnectionPool:
@@ -598,6 +623,16 @@ def _read(sql: str, params: Params, one: bool, timeout: float | None, replica_ok
     return _read_on_primary(db, sql, params, one, timeout)
 
 
+def _run_read(db: Database, conn: PooledConnection, sql: str, params: Params, one: bool) -> Any:
+    """Run a read on `conn` within the request's budget; return one row (or None) or every row; time it."""
+    started = time.perf_counter()
+    with conn.cursor() as cur:
+        cur.execute(_within_budget(db, sql), params)
+        rows = fetch_one(cur) if one else fetch_all(cur)
+    metrics.QUERY_DURATION_BUFFER.observe(time.perf_counter() - started, "read")
+    return rows
+
+
 def _read_on_replica(db: Database, target: Target, sql: str, params: Params, one: bool) -> Any:
     """Run a read on a replica; return its rows, or _FALL_BACK when the primary must serve it.
 
@@ -622,12 +657,7 @@ def _read_on_replica(db: Database, target: Target, sql: str, params: Params, one
         return _FALL_BACK
     lost = False
     try:
-        started = time.perf_counter()
-        with conn.cursor() as cur:
-            cur.execute(_within_budget(db, sql), params)
-            rows = fetch_one(cur) if one else fetch_all(cur)
-        metrics.QUERY_DURATION_BUFFER.observe(time.perf_counter() - started, "read")
-        return rows
+        return _run_read(db, conn, sql, params, one)
     except psycopg2.Error as exc:
         lost = _connection_lost(conn, exc)
         if lost:
@@ -649,12 +679,7 @@ def _read_on_primary(db: Database, sql: str, params: Params, one: bool, timeout:
         conn = _borrow(db, pool, timeout)
         lost = False
         try:
-            started = time.perf_counter()
-            with conn.cursor() as cur:
-                cur.execute(_within_budget(db, sql), params)
-                rows = fetch_one(cur) if one else fetch_all(cur)
-            metrics.QUERY_DURATION_BUFFER.observe(time.perf_counter() - started, "read")
-            return rows
+            return _run_read(db, conn, sql, params, one)
         except psycopg2.Error as exc:
             lost = _connection_lost(conn, exc)
             if not lost:
@@ -676,8 +701,8 @@ def execute_query(
 
     On the primary: waits up to `timeout` seconds (default DB_POOL_TIMEOUT) for a
     connection, and is retried once on another connection if the first one turns out dead.
-    `replica_ok=True` says the read may be a moment stale (a list, a single read, the
-    dashboard; never a read that leads to a write): it then goes to a replica that has
+    `replica_ok=True` says the read may be a moment stale (a list, a single read; never
+    a read that leads to a write): it then goes to a replica that has
     replayed the request's consistency token (or its own writes) and lags less than
     DB_REPLICA_MAX_LAG_MS, when there is one; the primary serves it otherwise, and when
     the replica fails it (see _read_on_replica). Raises DatabaseUnavailable (busy pool,

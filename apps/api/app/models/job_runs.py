@@ -152,7 +152,9 @@ def record_failure(
     return row["recorded"] == 1
 
 
-def job_figures(names: list[str], every: list[float], offsets: list[float]) -> list[dict[str, Any]]:
+def job_figures(
+    names: list[str], every: list[float], offsets: list[float], *, timeout: float | None = None
+) -> list[dict[str, Any]]:
     """Return each declared job's figures, in the order given: last success and failure, runs, due time, lag.
 
     next_due_at is the start of the earliest slot not yet succeeded (the current one for a job
@@ -186,6 +188,7 @@ def job_figures(names: list[str], every: list[float], offsets: list[float]) -> l
         FROM figures ORDER BY position
         """,
         {"names": names, "every": every, "offsets": offsets},
+        timeout=timeout,
     )
 
 

@@ -143,12 +143,13 @@ def release(messages: list[dict[str, Any]]) -> None:
     )
 
 
-def backlog() -> dict[str, Any]:
+def backlog(*, timeout: float | None = None) -> dict[str, Any]:
     """Return the undelivered messages: pending (waiting or being sent), parked, and the oldest pending one's age."""
     return execute_query_one(
         "SELECT count(*) FILTER (WHERE parked_at IS NULL) AS pending,"
         " count(*) FILTER (WHERE parked_at IS NOT NULL) AS parked,"
         " coalesce(extract(epoch FROM now() - min(created_at) FILTER (WHERE parked_at IS NULL)), 0)::float"
         "  AS oldest_pending_seconds"
-        " FROM outbox WHERE delivered_at IS NULL"
+        " FROM outbox WHERE delivered_at IS NULL",
+        timeout=timeout,
     )

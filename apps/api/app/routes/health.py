@@ -24,6 +24,7 @@ from ..models.database import (
     TooManyRequests,
     capacity_info,
     execute_query_one,
+    monitoring_wait,
     pool_stats,
     replica_health,
 )
@@ -34,8 +35,6 @@ bp = Blueprint("health", __name__, url_prefix="/api/health")
 logger = logging.getLogger(__name__)
 
 STARTED_AT = time.time()
-# /api/health/db must answer quickly even when the pool is saturated.
-PROBE_TIMEOUT = 1.0
 
 
 @bp.get("")
@@ -59,7 +58,7 @@ def _probe_database(settings: Settings) -> dict[str, Any]:
             " AS server_connections,"
             " pg_is_in_recovery() AS in_recovery,"
             " current_setting('transaction_read_only') = 'on' AS read_only",
-            timeout=min(PROBE_TIMEOUT, settings.db_pool_timeout),
+            timeout=monitoring_wait(settings),
         )
     except (PoolTimeout, TooManyRequests) as exc:
         return {"reachable": None, "busy": True, "error": str(exc)}
@@ -196,7 +195,7 @@ def _job_warnings(settings: Settings) -> list[str]:
     # A job that missed its slots makes the database's status a warning; figures that cannot
     # be read (tables not migrated yet, a busy pool) add nothing here: /api/health/jobs says why.
     try:
-        return job_status.warnings(job_status.figures(settings))
+        return job_status.warnings(job_status.figures(settings, timeout=monitoring_wait(settings)))
     except (DatabaseUnavailable, psycopg2.Error) as exc:
         logger.warning("cannot read the jobs' figures for /api/health/db: %s", str(exc).strip())
         return []
@@ -212,7 +211,7 @@ def jobs_health():
     """
     settings: Settings = current_app.config["SETTINGS"]
     try:
-        figures = job_status.figures(settings)
+        figures = job_status.figures(settings, timeout=monitoring_wait(settings))
     except psycopg2.errors.UndefinedTable as exc:
         response = jsonify(
             {"status": "error", "error": f"the jobs' tables are missing ({str(exc).strip()}): run `db upgrade`"}
@@ -223,7 +222,7 @@ def jobs_health():
     return {
         "status": "warning" if warnings else "healthy",
         "jobs": figures,
-        "outbox": notifications.backlog(),
+        "outbox": notifications.backlog(timeout=monitoring_wait(settings)),
         "warnings": warnings,
     }
 

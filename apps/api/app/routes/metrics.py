@@ -15,7 +15,7 @@ from flask import Blueprint, Response, current_app
 from .. import metrics, notifications
 from ..auth import require_health_token
 from ..jobs import status as job_status
-from ..models.database import DatabaseUnavailable, pool_stats
+from ..models.database import DatabaseUnavailable, monitoring_wait, pool_stats
 
 logger = logging.getLogger(__name__)
 
@@ -27,11 +27,13 @@ bp = Blueprint("metrics", __name__)
 def prometheus_metrics():
     """Return all workers' metrics, after publishing this worker's latest pool figures and the outbox's backlog,
     and the jobs' figures read from the database (left out when it cannot answer)."""
+    settings = current_app.config["SETTINGS"]
+    wait = monitoring_wait(settings)
     pool_stats()
-    notifications.backlog()
+    notifications.backlog(timeout=wait)
     extra = []
     try:
-        extra.append(metrics.JobFigures(job_status.figures(current_app.config["SETTINGS"])))
+        extra.append(metrics.JobFigures(job_status.figures(settings, timeout=wait)))
     except (DatabaseUnavailable, psycopg2.Error) as exc:
         logger.warning("cannot read the jobs' figures for the metrics: %s", str(exc).strip())
     body, content_type = metrics.exposition(*extra)
