@@ -31,6 +31,7 @@ from tests.helpers import (
     ServerInfo,
     app_config,
     apply_role_timeouts,
+    autocommit_connection,
     bearer,
     dbname_of,
     insert_row,
@@ -173,12 +174,8 @@ def running_pair(pg_replica_pair: ReplicaPair) -> Iterator[ReplicaPair]:
 @pytest.fixture
 def primary_conn(running_pair: ReplicaPair) -> Iterator[psycopg2.extensions.connection]:
     """A superuser connection to the pair's database on the primary, in autocommit."""
-    conn = psycopg2.connect(running_pair.primary_url)
-    conn.autocommit = True
-    try:
+    with autocommit_connection(running_pair.primary_url) as conn:
         yield conn
-    finally:
-        conn.close()
 
 
 @pytest.fixture
@@ -297,12 +294,8 @@ def health_headers() -> dict[str, str]:
 @pytest.fixture
 def admin_conn(direct_database_url: str) -> Iterator[psycopg2.extensions.connection]:
     """A superuser connection straight to this test's database, outside the app's pool, in autocommit."""
-    conn = psycopg2.connect(direct_database_url)
-    conn.autocommit = True
-    try:
+    with autocommit_connection(direct_database_url) as conn:
         yield conn
-    finally:
-        conn.close()
 
 
 @pytest.fixture

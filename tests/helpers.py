@@ -69,6 +69,17 @@ def private_server(settings: dict[str, str] | None = None) -> Iterator[EmbeddedP
         shutil.rmtree(folder, ignore_errors=True)
 
 
+@contextlib.contextmanager
+def autocommit_connection(url: str) -> Iterator[psycopg2.extensions.connection]:
+    """A connection of its own to `url`, outside any app pool, in autocommit; closed after."""
+    conn = psycopg2.connect(url)
+    conn.autocommit = True
+    try:
+        yield conn
+    finally:
+        conn.close()
+
+
 def load_migrations(host: str, port: int, user: str, dbname: str, password: str, **_: object) -> None:
     """Apply the project's migrations to the template database, through the app itself."""
     upgrade_database(f"postgresql://{user}:{password}@{host}:{port}/{dbname}")
