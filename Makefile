@@ -44,7 +44,7 @@ $(BENCH_STAMP): $(STAMP) bench/requirements.txt
 BENCH_DASHBOARD_RENTALS ?= 10000000
 BENCH_DASHBOARD_OUT ?= bench/dashboard-10m
 
-## bench: load benchmarks vs peer pools, writes bench/REPORT.md and plots (~29 min; not in make test),
+## bench: load benchmarks vs peer pools, writes bench/REPORT.md and plots (~35 min; not in make test),
 ##        then GET /api/dashboard alone at BENCH_DASHBOARD_RENTALS (10M: ~20 min more, 16 of them the seed)
 ##        into bench/dashboard-10m/REPORT.md
 ##        BENCH_QUICK=1 make bench: 2-3 min smoke run into bench/results/quick/ (no 10M pass)

@@ -12,12 +12,14 @@ from .servers import app_label
 COLORS = {
     "api": "#d62728",
     "api-null": "#ff9896",
+    "api-granian": "#e377c2",
     "api-pgbouncer": "#17becf",
     "api-pgbouncer-null": "#9edae5",
     "psycopg2-seeds": "#9467bd",
     "psycopg2-fixed": "#1f77b4",
     "sqlalchemy": "#2ca02c",
     "psycopg3": "#ff7f0e",
+    "fastapi-asyncpg": "#bcbd22",
     "hello": "#444444",
 }
 BASELINE_COLOR = "#8c564b"  # api@<rev>, the API at BENCH_BASELINE_REF: dotted, beside the api line

@@ -92,3 +92,10 @@ def test_the_runs_pgbouncer_carries_the_timeouts_for_its_role_only_and_stops_wit
         assert not process.is_running()
         assert not folder.exists()
         assert "process up: PgBouncer" in (logs_dir / f"{pooler.LOG_NAME}.log").read_text()
+
+
+def test_every_app_the_bench_runs_has_its_colour_in_the_plots():
+    # A missing one broke the ratio plot at the end of a 31-minute run (matplotlib refuses None).
+    from bench.plots import COLORS
+
+    assert [app for app in ALL_APPS if app not in COLORS] == []
