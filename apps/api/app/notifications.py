@@ -37,6 +37,7 @@ import psycopg2
 from flask import current_app
 
 from . import metrics
+from .backoff import doubling_delay
 from .config import Settings, redact_url
 from .models import outbox as model
 from .models.database import DatabaseUnavailable
@@ -168,7 +169,7 @@ def _permanent(exc: Exception) -> bool:
 
 def retry_delay(settings: Settings, attempt: int) -> float:
     """Return the seconds before the next attempt after failed attempt number `attempt` (1, 2, ...)."""
-    return min(settings.outbox_retry_seconds * 2 ** (attempt - 1), MAX_RETRY_SECONDS)
+    return doubling_delay(settings.outbox_retry_seconds, MAX_RETRY_SECONDS, attempt)
 
 
 # -- delivery -----------------------------------------------------------------------------

@@ -28,6 +28,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+from ..backoff import doubling_delay
 from ..config import SETTING_NAMES, Settings
 
 Summary = Mapping[str, Any]
@@ -70,7 +71,7 @@ class Job:
 
     def backoff(self, attempt: int) -> float:
         """Return the seconds to wait before retrying after failed attempt number `attempt` (1, 2, ...)."""
-        return min(self.retry_base * 2 ** min(attempt - 1, 30), self.retry_max)
+        return doubling_delay(self.retry_base, self.retry_max, attempt)
 
     def period(self, settings: Settings) -> float:
         """Return the seconds between slots: `every`, or the value of the setting it names."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from ..backoff import doubling_delay
 from .errors import DatabaseUnavailable
 
 # Stats keys: stable names shared by the health endpoint, the metrics and the docs.
@@ -104,7 +105,7 @@ class ConnectionAttempt:
         """Record a failed connect (`error`) at `now`; return the seconds until the next may be tried."""
         self.last_error = error
         self.failures += 1
-        delay = min(self.MAX_DELAY, self.INITIAL_DELAY * 2 ** (self.failures - 1))
+        delay = doubling_delay(self.INITIAL_DELAY, self.MAX_DELAY, self.failures)
         self.retry_at = now + delay
         return delay
 
