@@ -20,8 +20,6 @@ import psycopg2
 import pytest
 from pytest_postgresql import factories
 
-from apps.api.app import create_app
-from apps.api.app.models import database
 from devtools.debian import HAPROXY, PGBOUNCER, PROMTOOL
 from devtools.embedded_pg import EmbeddedPostgres
 from devtools.pgbouncer import PgBouncer
@@ -29,7 +27,7 @@ from tests.helpers import (
     HEALTH_HEADERS,
     TEST_PASSWORD,
     ServerInfo,
-    app_config,
+    app_maker,
     apply_role_timeouts,
     autocommit_connection,
     bearer,
@@ -184,22 +182,10 @@ def make_replica_app(running_pair: ReplicaPair):
 
     The replica is checked every 50 ms. Their pools (and replica checks) are closed after.
     """
-    apps = []
-
-    def make(**overrides: object):
-        settings = {
-            "DATABASE_REPLICA_URLS": running_pair.replica_url,
-            "DB_REPLICA_CHECK_INTERVAL_MS": "50",
-            **overrides,
-        }
-        app = create_app(app_config(running_pair.primary_url, **settings))
-        app.config["TESTING"] = True
-        apps.append(app)
-        return app
-
-    yield make
-    for app in apps:
-        database.close_pool(app)
+    with app_maker(
+        running_pair.primary_url, DATABASE_REPLICA_URLS=running_pair.replica_url, DB_REPLICA_CHECK_INTERVAL_MS="50"
+    ) as make:
+        yield make
 
 
 @pytest.fixture
@@ -254,17 +240,8 @@ def route_settings(db_route: str) -> dict[str, str]:
 @pytest.fixture
 def make_app(database_url: str, route_settings: dict[str, str]):
     """Build apps on this test's database (through PgBouncer on the pgbouncer route); their pools are closed after."""
-    apps = []
-
-    def make(**overrides: object):
-        app = create_app(app_config(database_url, **{**route_settings, **overrides}))
-        app.config["TESTING"] = True
-        apps.append(app)
-        return app
-
-    yield make
-    for app in apps:
-        database.close_pool(app)
+    with app_maker(database_url, **route_settings) as make:
+        yield make
 
 
 @pytest.fixture(params=SERVERS, ids=str)

@@ -122,6 +122,24 @@ DEFAULT_SESSION_TIMEOUTS = database.session_timeouts(load_settings(app_config("p
 LOG_RECORD = re.compile(r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d|\{)")
 
 
+@contextlib.contextmanager
+def app_maker(database_url: str, **base: object) -> Iterator[Callable[..., Flask]]:
+    """Yield make(**overrides) building test apps on `database_url` with `base` settings; close their pools after."""
+    apps: list[Flask] = []
+
+    def make(**overrides: object) -> Flask:
+        app = create_app(app_config(database_url, **{**base, **overrides}))
+        app.config["TESTING"] = True
+        apps.append(app)
+        return app
+
+    try:
+        yield make
+    finally:
+        for app in apps:
+            database.close_pool(app)
+
+
 def refusal_lines(stderr: str) -> list[str]:
     """Return what a process wrote to stderr besides log records: for a refused setting, its sentence alone."""
     return [line for line in stderr.splitlines() if line.strip() and not LOG_RECORD.match(line)]

@@ -264,6 +264,10 @@ class Text(Rule):
         return f"`{value}`" if value else "empty"
 
 
+# What a libpq URL starts with (libpq accepts both).
+POSTGRES_URL_SCHEMES = ("postgresql://", "postgres://")
+
+
 @dataclass(frozen=True)
 class DatabaseURL(Rule):
     """A required libpq URL (postgresql://...) of the primary; its password never appears in a sentence.
@@ -278,7 +282,7 @@ class DatabaseURL(Rule):
         value = _text(raw).strip()
         if not value:
             raise ValueError(f"{name} is not set; set it to postgresql://user:password@host:5432/dbname.")
-        if not value.startswith(("postgresql://", "postgres://")):
+        if not value.startswith(POSTGRES_URL_SCHEMES):
             raise ValueError(f"{name} must start with postgresql://, got {redact_url(value)!r}.")
         try:
             params = psycopg2.extensions.parse_dsn(value)
@@ -315,7 +319,7 @@ class ReplicaURLs(Rule):
             return raw
         urls = tuple(url.strip() for url in _text(raw).split(",") if url.strip())
         for url in urls:
-            if not url.startswith(("postgresql://", "postgres://")):
+            if not url.startswith(POSTGRES_URL_SCHEMES):
                 raise ValueError(
                     f"{name} lists {redact_url(url)!r}, which is not a postgresql:// URL; list the replicas' URLs,"
                     " comma-separated."
@@ -343,7 +347,7 @@ class AdminConsoleURL(Rule):
         if not value:
             return ""
         example = "postgresql://user:password@host:6432/pgbouncer"
-        if not value.startswith(("postgresql://", "postgres://")):
+        if not value.startswith(POSTGRES_URL_SCHEMES):
             raise ValueError(f"{name} must be a URL like {example}, got {redact_url(value)!r}.")
         if urlsplit(value).path.strip("/") != PGBOUNCER_ADMIN_DATABASE:
             raise ValueError(

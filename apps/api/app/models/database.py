@@ -472,7 +472,7 @@ def require_writable(conn: PooledConnection) -> None:
     """
     reason = read_only_reason(conn)
     if reason is not None:
-        raise ServerReadOnly(f"the database server is {reason}: it does not accept writes")
+        raise _not_writable(reason)
 
 
 def _raise_if_read_only(pool: ConnectionPool, conn: PooledConnection, exc: psycopg2.Error) -> None:
@@ -485,7 +485,11 @@ def _raise_if_read_only(pool: ConnectionPool, conn: PooledConnection, exc: psyco
     if reason is None:
         return
     pool.retire(conn, f"the server answered {reason}")
-    raise ServerReadOnly(f"the database server is {reason}: it does not accept writes") from exc
+    raise _not_writable(reason) from exc
+
+
+def _not_writable(reason: str) -> ServerReadOnly:
+    return ServerReadOnly(f"the database server is {reason}: it does not accept writes")
 
 
 # -- helpers ------------------------------------------------------------------------
