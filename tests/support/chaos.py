@@ -166,6 +166,16 @@ def check_bookings(conn: psycopg2.extensions.connection, world: World, replies: 
     }
 
 
+def assert_failures_within(replies: list[Reply], stopping: float, until: float, late_label: str) -> list[Reply]:
+    """Assert no request failed before the fault (`stopping`) or started failing after `until`; return the failures."""
+    failed = [r for r in replies if not r.ok]
+    early = [r for r in failed if r.ended < stopping]
+    assert not early, f"{len(early)} failures before the fault: {[(r.path, r.status, r.body) for r in early[:3]]}"
+    late = [r for r in failed if r.started > until]
+    assert not late, f"{len(late)} failures {late_label}: {late[:3]}"
+    return failed
+
+
 def outage_round(replies: list[Reply], stopping: float, up: float, pids: set[int]) -> dict[str, Any]:
     """Check one outage's replies (the database, or PgBouncer, down from `stopping` to `up`); return its figures.
 
@@ -173,11 +183,7 @@ def outage_round(replies: list[Reply], stopping: float, up: float, pids: set[int
     /api/health/db with 200 within RECOVERY_LIMIT of the server being back.
     """
     during = [r for r in replies if stopping <= r.started < up]
-    failed = [r for r in replies if not r.ok]
-    early = [r for r in failed if r.ended < stopping]
-    assert not early, f"{len(early)} failures before the fault: {[(r.path, r.status, r.body) for r in early[:3]]}"
-    late = [r for r in failed if r.started > up + RECOVERY_LIMIT]
-    assert not late, f"{len(late)} failures {RECOVERY_LIMIT} s after the server was back: {late[:3]}"
+    assert_failures_within(replies, stopping, up + RECOVERY_LIMIT, f"{RECOVERY_LIMIT} s after the server was back")
     assert any(r.status == 503 for r in during), "no request failed during the outage: it proved nothing"
     recovered_in = {}
     for pid in pids:
